@@ -1,0 +1,1 @@
+"""Layer 4: one engine that scores folders, locally or on a Dask cluster."""

@@ -1,0 +1,70 @@
+"""Entry point of the ``scanqc`` command.
+
+Each sub-command lives in its own module under ``scanqc.cli`` and exposes
+``add_parser(subparsers)`` which registers an ``argparse`` parser whose ``func`` default
+is ``run(args) -> int``. Heavy imports (torch, pandas) happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from scanqc import __version__
+
+#: Sub-command modules, in the order ``scanqc --help`` lists them.
+COMMAND_MODULES = (
+    "scanqc.cli.info",
+    "scanqc.cli.score",
+    "scanqc.cli.labels",
+    "scanqc.cli.rank",
+    "scanqc.cli.asymmetry",
+    "scanqc.cli.train",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="scanqc",
+        description="Find bad data in medical imaging datasets (NIfTI, DICOM, radiographs).",
+    )
+    parser.add_argument("--version", action="version", version=f"scanqc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:  # command not built yet
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``scanqc`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="scanqc: %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("scanqc: interrupted; rows already written are kept", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        print(f"scanqc: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
