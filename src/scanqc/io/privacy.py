@@ -1,0 +1,267 @@
+"""Which DICOM header fields may leave a scan: a whitelist, never a blacklist.
+
+Everything scanqc exports (reports, CSV/JSON, ``Scan.metadata``, ``ScanEntry.header``)
+goes through :func:`safe_dicom_metadata` (for pydicom datasets) or :func:`scrub` (for any
+dict about to be written). Rules:
+
+* only keywords in :data:`SAFE_DICOM_FIELDS` are read, and only from the top level of the
+  dataset (never from sequences, never private tags);
+* instance UIDs never leave raw: a UID that is a public DICOM constant (a SOP class or a
+  transfer syntax from the standard) is kept, any other UID is replaced by a short hash;
+* free-text fields (descriptions, protocol names) are blanked when they contain the
+  patient's name or id, which some sites type into them;
+* values become plain JSON-friendly Python values (str, int, float, lists of those).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any
+
+#: Header keywords that may appear in metadata and exports (non-identifying).
+SAFE_DICOM_FIELDS: tuple[str, ...] = (
+    "Modality",
+    "BodyPartExamined",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImageOrientationPatient",
+    "PatientOrientation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "ImageType",
+    "ImageLaterality",
+    "Laterality",
+    "ViewPosition",
+    "SOPClassUID",
+    "TransferSyntaxUID",
+    "MagneticFieldStrength",
+    "KVP",
+    "ConvolutionKernel",
+    "ScanningSequence",
+    "SequenceVariant",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+    "ContrastBolusAgent",
+    "XRayTubeCurrent",
+    "Exposure",
+    "LossyImageCompression",
+    "BurnedInAnnotation",
+    "PresentationIntentType",
+    "FrameOfReferenceUID",
+)
+
+#: Identifying fields: never exported; :func:`scrub` drops them from any dict.
+PATIENT_FIELDS: frozenset[str] = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientSex",
+        "PatientAge",
+        "PatientWeight",
+        "PatientSize",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PatientMotherBirthName",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "IssuerOfPatientID",
+        "EthnicGroup",
+        "AccessionNumber",
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "NameOfPhysiciansReadingStudy",
+        "OperatorsName",
+        "PhysiciansOfRecord",
+        "RequestingPhysician",
+        "StationName",
+        "DeviceSerialNumber",
+        "StudyID",
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+        "ContentDate",
+        "StudyTime",
+        "SeriesTime",
+        "AcquisitionTime",
+        "ContentTime",
+        "AcquisitionDateTime",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "MediaStorageSOPInstanceUID",
+        "ReferencedSOPInstanceUID",
+        "RequestAttributesSequence",
+        "ReferencedPatientSequence",
+    }
+)
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+_FREE_TEXT = ("StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined")
+
+
+def hash_uid(uid: str) -> str:
+    """Return a short, stable, non-reversible stand-in for a UID (``"uid:<12 hex>"``)."""
+    return "uid:" + hashlib.sha1(str(uid).encode("utf-8")).hexdigest()[:12]
+
+
+def _is_public_uid(uid: str) -> bool:
+    """True for UIDs defined by the DICOM standard (SOP classes, transfer syntaxes)."""
+    try:
+        from pydicom.uid import UID_dictionary
+
+        return str(uid) in UID_dictionary
+    except Exception:  # noqa: BLE001 - without the table, treat every UID as private
+        return False
+
+
+def _plain(value: Any) -> Any:
+    """Convert a pydicom value into a JSON-friendly Python value (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None  # binary blobs are never exported
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, str):
+        return str(value).strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        out = [_plain(v) for v in value]
+        return [v for v in out if v is not None]
+    # pydicom value types: DSfloat/IS subclass float/int (handled above); PersonName etc.
+    return None
+
+
+def _identifiers(ds: Any) -> list[str]:
+    """Identifying strings of ``ds`` (lower case, >= 3 characters) used to redact text."""
+    found: list[str] = []
+    for kw in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber"):
+        try:
+            v = ds.get(kw)
+        except Exception:  # noqa: BLE001 - a broken element must not leak or crash
+            continue
+        if v is None:
+            continue
+        text = str(v)
+        parts = [text, *re.split(r"[\^\s,]+", text)]
+        found += [p.strip().lower() for p in parts if len(p.strip()) >= 3]
+    return found
+
+
+def safe_dicom_metadata(ds: Any) -> dict[str, Any]:
+    """Return the whitelisted, JSON-friendly header fields of a pydicom dataset.
+
+    Args:
+        ds: A ``pydicom.Dataset`` (with or without ``file_meta``).
+
+    Returns:
+        ``{keyword: value}`` for each field of :data:`SAFE_DICOM_FIELDS` present at the top
+        level; ``SOPClassUID`` also gets ``SOPClassName``. Non-public UIDs are hashed.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom validation noise on odd values
+        return _safe_dicom_metadata(ds)
+
+
+def _safe_dicom_metadata(ds: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ids = _identifiers(ds)
+    meta = getattr(ds, "file_meta", None)
+    for kw in SAFE_DICOM_FIELDS:
+        try:
+            if kw == "TransferSyntaxUID":
+                raw = meta.get(kw) if meta is not None else None
+            else:
+                raw = ds.get(kw)
+        except Exception:  # noqa: BLE001 - invalid values are left out, never raised
+            continue
+        if raw is None or raw == "":
+            continue
+        if kw.endswith("UID"):
+            uid = str(raw).strip()
+            if not uid:
+                continue
+            if _is_public_uid(uid):
+                out[kw] = uid
+                if kw == "SOPClassUID":
+                    out["SOPClassName"] = str(getattr(raw, "name", uid))
+            else:
+                out[kw] = hash_uid(uid)
+            continue
+        val = _plain(raw)
+        if val is None or val == [] or val == "":
+            continue
+        if kw in _FREE_TEXT and isinstance(val, str) and ids:
+            low = val.lower()
+            if any(i in low for i in ids):
+                val = "[redacted]"
+        out[kw] = val
+    return out
+
+
+def scrub(d: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``d`` safe to export: identifying keys dropped, raw UIDs hashed.
+
+    Works recursively through nested dicts and lists. Keys in :data:`PATIENT_FIELDS` are
+    removed; any string value that looks like a UID under a key ending in ``UID`` and is
+    not a public DICOM constant is replaced by :func:`hash_uid`; bytes are dropped.
+    """
+
+    def _value(key: str, v: Any) -> Any:
+        if isinstance(v, dict):
+            return scrub(v)
+        if isinstance(v, (list, tuple)):
+            return [_value(key, x) for x in v if not isinstance(x, (bytes, bytearray))]
+        if (
+            isinstance(v, str)
+            and key.upper().endswith("UID")
+            and _UID_RE.match(v.strip())
+            and not _is_public_uid(v.strip())
+        ):
+            return hash_uid(v.strip())
+        return v
+
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = str(k)
+        if key in PATIENT_FIELDS or isinstance(v, (bytes, bytearray, memoryview)):
+            continue
+        out[key] = _value(key, v)
+    return out

@@ -1,0 +1,154 @@
+"""Dataset discovery: formats, bad files and folders, progress/cancel, speed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from scanqc.io.discover import discover
+from scanqc.progress import Cancelled, CancelToken
+
+
+def tiny_dicom(path: Path, series_uid: str, z: float) -> None:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = series_uid
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.ImageOrientationPatient = [1.0, 0, 0, 0, 1.0, 0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.Rows = ds.Columns = 2
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(4)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_mixed_folder(tmp_path: Path) -> None:
+    uid = generate_uid()
+    (tmp_path / "mr").mkdir()
+    for k in range(3):
+        tiny_dicom(tmp_path / "mr" / f"IM{k}", uid, float(k))  # no extension
+    img = nib.Nifti1Image(np.zeros((5, 6, 7), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
+    nib.save(img, tmp_path / "vol.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)), tmp_path / "fmri.nii")
+    Image.fromarray(np.zeros((10, 20), np.uint8)).save(tmp_path / "xr.png")
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / "labels.csv").write_text("a,b\n")
+    (tmp_path / ".hidden").mkdir()
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / ".hidden" / "x.png")
+    calls = []
+    entries = discover(tmp_path, progress=lambda d, t, m: calls.append((d, t)))
+    by_name = {e.name: e for e in entries}
+    assert set(by_name) == {"mr", "vol.nii.gz", "fmri.nii", "xr.png", "photo.jpg"}
+    assert all(e.status == "ok" for e in entries)
+    series = next(e for e in entries if e.format == "dicom")
+    assert series.kind == "series" and len(series.paths) == 3
+    vol = by_name["vol.nii.gz"]
+    assert vol.format == "nifti" and vol.kind == "volume"
+    # file axes are RAS; the NIfTI reader's (S, P, L) order reverses them
+    assert vol.shape == (7, 6, 5) and vol.spacing == (3.0, 2.0, 1.0)
+    assert by_name["fmri.nii"].header["n_volumes"] == 3
+    assert by_name["xr.png"].shape == (10, 20) and by_name["xr.png"].format == "image"
+    assert by_name["photo.jpg"].shape == (8, 9, 3)
+    assert calls[-1][0] == calls[-1][1] == 3 + 2 + 2 + 2  # every file counted, hidden not
+    ids = [e.scan_id for e in entries]
+    assert len(set(ids)) == len(ids)
+    assert [e.scan_id for e in discover(tmp_path)] == ids  # stable
+
+
+def test_bad_files_and_folders_give_entries_not_exceptions(tmp_path: Path) -> None:
+    (tmp_path / "corrupt.dcm").write_bytes(os.urandom(64))
+    (tmp_path / "cut.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "x.dcm").mkdir()  # a folder with a DICOM-like name
+    (tmp_path / "loop").mkdir()
+    os.symlink(tmp_path, tmp_path / "loop" / "back")  # symlink loop
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.dcm")
+    entries = discover(tmp_path)
+    by = {e.name: e for e in entries}
+    assert set(by) == {"corrupt.dcm", "cut.dcm", "empty.dcm", "broken.png", "dangling.dcm"}
+    assert all(e.status == "error" and e.error and "\n" not in e.error for e in entries)
+    assert by["empty.dcm"].error == "empty file (0 bytes)"
+    assert by["dangling.dcm"].error == "broken symbolic link"
+    assert "not a readable image" in by["broken.png"].error
+
+
+def test_explicit_paths(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "data.bin").write_bytes(b"abc" * 100)
+    entries = discover([tmp_path / "notes.txt", tmp_path / "data.bin", tmp_path / "nope.nii"])
+    assert [e.status for e in entries] == ["error"] * 3
+    by = {e.name: e.error for e in entries}
+    assert by["notes.txt"] == "not an image: unrecognised format"
+    assert by["data.bin"] == "not an image: unrecognised format"
+    assert by["nope.nii"] == "no such file or folder"
+
+
+def test_unreadable_folder(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can read any folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        entries = discover(tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert [e.status for e in entries] == ["error"] and "cannot list" in entries[0].error
+
+
+def test_cancel(tmp_path: Path) -> None:
+    for k in range(3):
+        Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / f"{k}.png")
+    token = CancelToken()
+
+    def progress(done: int, total: int, msg: str) -> None:
+        if done == 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        discover(tmp_path, progress=progress, cancel=token)
+
+
+def test_shared_data_discovers_without_exception(shared_data: Path) -> None:
+    t = time.perf_counter()
+    entries = discover(shared_data)
+    assert time.perf_counter() - t < 30
+    assert sum(e.format == "nifti" and e.status == "ok" for e in entries) >= 15
+    assert sum(e.format == "image" and e.status == "ok" for e in entries) >= 500
+    assert all("\n" not in e.error for e in entries)
+
+
+@pytest.mark.slow
+def test_discovery_speed_2000_dicom(tmp_path: Path) -> None:
+    for s in range(20):
+        uid = generate_uid()
+        d = tmp_path / f"series{s:02d}"
+        d.mkdir()
+        for k in range(100):
+            tiny_dicom(d / f"{k:03d}.dcm", uid, float(k))
+    t = time.perf_counter()
+    entries = discover(tmp_path)
+    dt = time.perf_counter() - t
+    assert len(entries) == 20 and all(len(e.paths) == 100 for e in entries)
+    assert dt < 10, dt
