@@ -1,0 +1,100 @@
+"""Header-versus-content checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanqc.io.scan import Scan
+from scanqc.scoring import header
+
+
+def ct_volume(hu=True, modality="CT", name="", **meta):
+    y, x = np.mgrid[:64, :64]
+    body = ((y - 32) ** 2 + (x - 32) ** 2) < 25**2
+    if hu:
+        img = np.where(body, 40.0, -1000.0)
+        img[body & (np.abs(x - 32) < 3)] = 900.0  # bone
+    else:  # MR-like magnitude values
+        img = np.where(body, 600.0, 0.0)
+    vol = np.stack([img] * 10).astype(np.int16)
+    return Scan(vol, (3.0, 0.7, 0.7), np.eye(4), "volume", modality=modality, name=name,
+                metadata=dict(meta))
+
+
+def codes(ws):
+    return {w.code for w in ws}
+
+
+def test_ct_in_hu_is_fine():
+    assert header.check_modality_mismatch(ct_volume()) == []
+
+
+def test_ct_header_with_mr_pixels_is_high():
+    ws = header.check_modality_mismatch(ct_volume(hu=False))
+    assert codes(ws) == {"modality_mismatch"} and ws[0].severity == "high"
+
+
+def test_ct_by_name_without_header_uint8():
+    scan = ct_volume(hu=False, modality="", name="CT_AVM.nii.gz")
+    scan.data = (scan.data / 600 * 255).astype(np.uint8)
+    ws = header.check_modality_mismatch(scan)
+    assert codes(ws) == {"modality_mismatch"} and ws[0].severity == "warn"
+    assert header.check_modality_mismatch(ct_volume(hu=False, modality="", name="t1.nii")) == []
+    assert header.claimed_modality(ct_volume(modality="", name="ACT_study.nii"))[0] == ""
+
+
+def test_mr_header_with_hu_pixels():
+    assert codes(header.check_modality_mismatch(ct_volume(modality="MR"))) == {
+        "modality_mismatch"}
+
+
+def test_cropped_ct_without_air_is_still_hu():
+    vol = np.full((10, 32, 32), 40, np.int16)
+    vol[:, :, :8] = -100  # fat
+    scan = Scan(vol, (3.0, 1.0, 1.0), np.eye(4), "volume", modality="CT")
+    assert header.check_modality_mismatch(scan) == []
+
+
+@pytest.mark.parametrize(("spacing", "bad"), [
+    ((3.0, 0.7, 0.7), False), ((0.1, 0.1), False), ((3.0, 0.001, 0.7), True),
+    ((3.0, 25.0, 25.0), True), ((60.0, 1.0, 1.0), True), ((3.0, 0.0, 0.7), True),
+    ((float("nan"), 1.0, 1.0), True),
+])
+def test_implausible_spacing(spacing, bad):
+    data = np.zeros((4, 8, 8)) if len(spacing) == 3 else np.zeros((8, 8))
+    kind = "volume" if len(spacing) == 3 else "image"
+    ws = header.check_spacing(Scan(data, spacing, np.eye(4), kind))
+    assert (codes(ws) == {"implausible_spacing"}) is bad
+
+
+def test_header_regions_from_keywords():
+    def regions(**meta):
+        return header.header_regions(Scan(np.zeros((4, 4)), (1, 1), np.eye(4), "image",
+                                          metadata=meta))
+
+    assert regions(BodyPartExamined="CHEST") == {"chest"}
+    assert regions(BodyPartExamined="KNEE") == {"lower limb"}
+    assert regions(BodyPartExamined="HAND") == {"upper limb"}
+    assert regions(BodyPartExamined="ABDOMEN_PELVIS") == {"abdomen", "pelvis"}
+    assert regions(BodyPartExamined="CSPINE") == {"spine", "neck"}
+    assert regions(BodyPartExamined="BREAST") == {"breast"}
+    assert regions(StudyDescription="CT BRAIN W/O") == {"head"}
+    assert regions(ProtocolName="WholeBody PET") == {"whole body"}
+    assert regions(BodyPartExamined="") == frozenset()
+
+
+def test_region_header_mismatch():
+    knee = Scan(np.zeros((4, 4)), (1, 1), np.eye(4), "image",
+                metadata={"BodyPartExamined": "KNEE"})
+    ws = header.region_header_mismatch(knee, "chest", 0.95)
+    assert codes(ws) == {"region_header_mismatch"} and ws[0].severity == "high"
+    assert header.region_header_mismatch(knee, "chest", 0.8)[0].severity == "warn"
+    assert header.region_header_mismatch(knee, "chest", 0.5) == []  # not confident
+    assert header.region_header_mismatch(knee, "lower limb", 0.99) == []
+    assert header.region_header_mismatch(knee, "knee", 0.99) == []  # alias
+    chest = Scan(np.zeros((4, 4)), (1, 1), np.eye(4), "image",
+                 metadata={"BodyPartExamined": "CHEST"})
+    assert header.region_header_mismatch(chest, "abdomen", 0.99) == []  # overlapping
+    blank = Scan(np.zeros((4, 4)), (1, 1), np.eye(4), "image")
+    assert header.region_header_mismatch(blank, "chest", 0.99) == []  # nothing to compare

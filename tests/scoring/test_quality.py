@@ -1,0 +1,186 @@
+"""Image-quality checks on synthetic images with a known truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from scanqc.io.scan import Scan
+from scanqc.scoring import quality
+from scanqc.scoring.checks import CheckContext, max_severity, run_checks, warnings_to_columns
+
+
+def radiograph(value=3000.0, bg=100.0, dtype=np.uint16, shape=(256, 256), seed=0):
+    """A bright body (with texture) on a dark background, like a radiograph."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    inside = ((y - shape[0] / 2) / (shape[0] * 0.35)) ** 2 + (
+        (x - shape[1] / 2) / (shape[1] * 0.3)) ** 2 <= 1
+    img = np.where(inside, value + 0.2 * value * np.sin(x / 6.0) * np.cos(y / 9.0), bg)
+    img = img + rng.normal(0, value * 0.01, shape)
+    return np.clip(img, 0, np.iinfo(dtype).max if dtype != np.float32 else None).astype(dtype)
+
+
+def dx(img, **kw):
+    return Scan(img, (0.2, 0.2), np.eye(4), "image", modality=kw.pop("modality", "DX"), **kw)
+
+
+def codes(ws):
+    return {w.code for w in ws}
+
+
+def test_clean_radiograph_has_no_quality_warning():
+    ws = run_checks(dx(radiograph()))
+    assert max_severity(ws) in ("", "info"), ws
+
+
+@pytest.mark.parametrize(("top", "dtype"), [(4095.0, np.uint16), (60000.0, np.uint16),
+                                            (200.0, np.uint8)])
+def test_bit_depths_do_not_trigger_dark_or_bright(top, dtype):
+    img = radiograph(value=top * 0.8, bg=top * 0.02, dtype=dtype)
+    assert not codes(run_checks(dx(img))) & {"dark", "bright", "clipped"}
+
+
+def test_dark_and_bright_8bit():
+    dark = (radiograph(value=200, bg=5, dtype=np.uint8) // 4).astype(np.uint8)  # p99 ~ 60
+    assert "dark" in codes(quality.check_brightness(dx(dark)))
+    bright = (253 - dark // 10).astype(np.uint8)  # 246..253: p5 above 95% of 255
+    assert "bright" in codes(quality.check_brightness(dx(bright)))
+    mr = Scan(dark, (1.0, 1.0), np.eye(4), "image", modality="MR")
+    assert quality.check_brightness(mr) == []  # MR intensities are arbitrary
+
+
+def test_constant_image():
+    ws = run_checks(dx(np.full((64, 64), 1234, np.uint16)))
+    assert "constant_image" in codes(ws) and max_severity(ws) == "high"
+    assert quality.check_constant(dx(radiograph())) == []
+
+
+def test_pure_noise_is_noise_only():
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 4096, (256, 256)).astype(np.uint16)
+    ws = quality.check_noise_only(dx(noise))
+    assert codes(ws) == {"noise_only"} and ws[0].severity == "high"
+    assert quality.check_noise_only(dx(radiograph())) == []
+    vol = Scan(rng.normal(100, 20, (20, 64, 64)).astype(np.float32), (2.0, 1.0, 1.0),
+               np.eye(4), "volume", modality="MR")
+    assert codes(quality.check_noise_only(vol)) == {"noise_only"}
+
+
+def test_clipped_top_of_bit_depth():
+    img = radiograph(value=3000)
+    img[:, :60] = 4095  # a saturated band: 12-bit full scale
+    ws = quality.check_clipped(dx(img))
+    assert codes(ws) == {"clipped"} and ws[0].region == "high"
+    img8 = radiograph(value=200, dtype=np.uint8)
+    img8[:80] = 255
+    assert codes(quality.check_clipped(dx(img8))) == {"clipped"}
+    # values up to 4000 in 16-bit: not at the 12-bit ceiling
+    assert quality.check_clipped(dx(radiograph(value=3500))) == []
+
+
+def test_inverted_radiograph():
+    img = radiograph(value=3000, bg=100)
+    inv = (4095 - img).astype(np.uint16)
+    ws = quality.check_inverted(dx(inv, metadata={"PhotometricInterpretation": "MONOCHROME1"}))
+    assert codes(ws) == {"inverted"} and "MONOCHROME1" in ws[0].message
+    assert quality.check_inverted(dx(img)) == []
+    # not applied to cross-sectional modalities
+    assert quality.check_inverted(Scan(inv, (1.0, 1.0), np.eye(4), "image", modality="MR")) == []
+
+
+def test_low_information_and_blur():
+    img = np.zeros((256, 256), np.uint8)
+    img[100:150, 100:150] = 200
+    assert "low_information" in codes(quality.check_low_information(dx(img)))
+    sharp = radiograph(value=200, bg=10, dtype=np.uint8)
+    assert quality.check_low_information(dx(sharp)) == []
+    checker = ((np.indices((256, 256)) // 32).sum(axis=0) % 2 * 200 + 20).astype(np.float32)
+    blurred = ndi.gaussian_filter(checker, 8)
+    sb = quality.quality_metrics(dx(checker))["blur"]
+    bb = quality.quality_metrics(dx(blurred))["blur"]
+    assert bb < sb
+    assert "blurry" in codes(quality.check_blur(dx(blurred)))
+    assert quality.check_blur(dx(checker)) == []
+
+
+def test_derived_map():
+    rng = np.random.default_rng(3)
+    t = ndi.gaussian_filter(rng.normal(0, 1, (30, 48, 48)), 2) * 8
+    t[:, :8] = 0
+    scan = Scan(t.astype(np.float32), (2.0, 2.0, 2.0), np.eye(4), "volume")
+    assert codes(quality.check_derived_map(scan)) == {"derived_map"}
+    mr = Scan(np.abs(t).astype(np.float32) + 1, (2.0, 2.0, 2.0), np.eye(4), "volume")
+    assert quality.check_derived_map(mr) == []
+
+
+def test_quality_metrics_mriqc_like():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:64, :64]
+    head = ((y - 32) ** 2 + (x - 32) ** 2) < 20**2
+    vol = np.stack([np.where(head, 500.0, 0.0) + np.abs(rng.normal(0, 10, (64, 64)))
+                    for _ in range(16)]).astype(np.float32)
+    m = quality.quality_metrics(Scan(vol, (2.0, 1.0, 1.0), np.eye(4), "volume", modality="MR"))
+    assert m["snr"] > 20  # mean 500, sd ~10
+    assert m["fber"] > 100
+    assert 0 <= m["efc"] <= 1 and 0 <= m["qi1"] < 0.05
+    assert 0.25 < m["body_fraction"] < 0.45
+    noisier = np.stack([np.where(head, 500.0, 0.0) + np.abs(rng.normal(0, 80, (64, 64)))
+                        for _ in range(16)]).astype(np.float32)
+    m2 = quality.quality_metrics(Scan(noisier, (2.0, 1.0, 1.0), np.eye(4), "volume",
+                                      modality="MR"))
+    assert m2["snr"] < m["snr"] and m2["snr_dietrich"] < m["snr_dietrich"]
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_nan_inf_and_failing_check_do_not_raise(monkeypatch):
+    img = radiograph().astype(np.float32)
+    img[10:20, 10:20] = np.nan
+    img[30, 30] = np.inf
+    ws = run_checks(dx(img))
+    assert "check_failed" not in codes(ws)
+
+    def boom(scan, data=None):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(quality, "check_blur", boom)
+    ws = run_checks(dx(radiograph()))
+    failed = [w for w in ws if w.code == "check_failed"]
+    assert len(failed) == 1 and failed[0].severity == "info" and "kaput" in failed[0].message
+    all_nan = np.full((32, 32), np.nan, np.float32)
+    ws = run_checks(dx(all_nan))
+    assert "constant_image" in codes(ws)
+
+
+def test_run_checks_skip_and_timings():
+    timings: dict[str, float] = {}
+    ws = run_checks(dx(np.full((64, 64), 7, np.uint16)),
+                    CheckContext(skip=frozenset({"constant_image"})), timings=timings)
+    assert "constant_image" not in codes(ws) and "constant_image" not in timings
+    assert "prepare" in timings and all(v >= 0 and math.isfinite(v) for v in timings.values())
+
+
+def test_columns_and_severity():
+    from scanqc.io.scan import ScanWarning
+
+    ws = [ScanWarning("a", "first | x", "info"), ScanWarning("b", "second", "high"),
+          ScanWarning("a", "third", "warn")]
+    c, m = warnings_to_columns(ws)
+    assert c == "a;b"
+    assert m.count(" | ") == 2 and "first / x" in m
+    assert max_severity(ws) == "high" and max_severity([]) == ""
+    assert warnings_to_columns([]) == ("", "")
+
+
+def test_check_scan_returns_warnings_and_metrics():
+    from scanqc.scoring.checks import check_scan
+
+    img = radiograph()
+    ws, m = check_scan(dx(img))
+    assert [w.code for w in ws] == [w.code for w in run_checks(dx(img))]
+    assert m == quality.quality_metrics(dx(img))
+    ws, m = check_scan(dx(np.full((16, 16), 3, np.uint16)))
+    assert "constant_image" in codes(ws) and isinstance(m, dict)
