@@ -1,0 +1,113 @@
+"""Show scans and labels in a napari viewer (the only place that touches layers and overlays).
+
+* :func:`scan_to_layer_kwargs` / :func:`show_scan`: a :class:`~scanqc.io.scan.Scan` as an
+  image layer, replacing the layers scanqc created for the previous scan (layers the user
+  made are never touched).
+* :func:`set_banner`: a text banner on the canvas (napari 0.9 ``viewer.canvas.overlays.text``,
+  older ``viewer.text_overlay``).
+* :func:`make_thumbnail`: a small uint8 picture of a scan's middle slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from scanqc.io.intensity import normalize
+from scanqc.io.scan import Scan
+
+#: ``layer.metadata`` key marking layers the Dataset dock owns (replaced on the next scan).
+OWNER_KEY = "scanqc_owner"
+#: Banner colours per label.
+LABEL_COLORS = {
+    "reference": "#4fc3f7",
+    "good": "#66bb6a",
+    "bad": "#ef5350",
+    None: "#ffffff",
+}
+
+
+def scan_to_layer_kwargs(scan: Scan, owner: str = "dataset") -> tuple[np.ndarray, dict[str, Any]]:
+    """Return ``(data, add_image kwargs)`` for ``scan``: name, scale, translate, contrast.
+
+    The metadata carries ``{"scanqc": {...}}`` (sanitized, see the napari reader) and
+    ``{OWNER_KEY: owner}`` so :func:`show_scan` can replace the layer later.
+    """
+    from scanqc.io._napari_reader import scan_to_layer_data
+
+    data, kwargs, _ = scan_to_layer_data(scan)
+    kwargs = dict(kwargs)
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), OWNER_KEY: owner}
+    return data, kwargs
+
+
+def owned_layers(viewer: Any, owner: str = "dataset") -> list[Any]:
+    """Return the layers ``owner`` created in ``viewer``."""
+    return [ly for ly in viewer.layers if ly.metadata.get(OWNER_KEY) == owner]
+
+
+def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
+    """Show ``scan`` in ``viewer``, replacing the previous scan's layers of ``owner``.
+
+    Returns:
+        The new image layer.
+    """
+    data, kwargs = scan_to_layer_kwargs(scan, owner)
+    old = owned_layers(viewer, owner)
+    same_geometry = bool(old) and old[0].data.shape == data.shape and \
+        old[0].rgb == kwargs.get("rgb", False)
+    for layer in old:
+        viewer.layers.remove(layer)
+    layer = viewer.add_image(data, **kwargs)
+    if not same_geometry:
+        viewer.reset_view()
+    return layer
+
+
+def _text_overlay(viewer: Any) -> Any:
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    text = getattr(overlays, "text", None)
+    if text is not None:
+        return text
+    return viewer.text_overlay  # napari < 0.9
+
+
+def set_banner(viewer: Any, text: str, color: str | None = None, *, font_size: int = 14) -> None:
+    """Show ``text`` in the top-left corner of the canvas (hidden when ``text`` is empty)."""
+    overlay = _text_overlay(viewer)
+    overlay.text = text
+    if color is not None:
+        overlay.color = color
+    overlay.font_size = font_size
+    overlay.position = "top_left"
+    overlay.visible = bool(text)
+
+
+def label_banner(name: str, row: dict[str, Any] | None) -> tuple[str, str]:
+    """Return ``(text, colour)`` of the canvas banner for a scan's table row."""
+    row = row or {}
+    label = row.get("label")
+    if label:
+        word = str(label).upper()
+        if row.get("reason"):
+            word += f" ({row['reason']})"
+    else:
+        word = "unlabelled"
+    parts = [word, name]  # the label first: long names must not push it off the canvas
+    if row.get("reference") and label != "reference":
+        parts.append("REFERENCE")
+    if row.get("region"):
+        parts.append(str(row["region"]))
+    return "  |  ".join(parts), LABEL_COLORS.get(label, "#ffffff")
+
+
+def make_thumbnail(scan: Scan, size: int = 48) -> np.ndarray:
+    """Return a ``(h, w)`` uint8 thumbnail (longest side ``size``) of the middle slice."""
+    g = scan.gray()
+    if g.ndim == 3:
+        g = g[g.shape[0] // 2]
+    step = max(1, int(np.ceil(max(g.shape) / size)))
+    small = g[::step, ::step]
+    return (normalize(small, scan.modality) * 255).astype(np.uint8)

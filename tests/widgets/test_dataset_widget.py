@@ -1,0 +1,166 @@
+"""The Dataset dock: open a folder, navigate with keys, label, close, reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+from qtpy.QtCore import Qt  # noqa: E402
+
+from scanqc.io.labels import LabelStore, default_store_path  # noqa: E402
+from scanqc.widgets._present import OWNER_KEY, owned_layers  # noqa: E402
+from scanqc.widgets._state import COLUMNS, get_state  # noqa: E402
+from scanqc.widgets.dataset import DatasetWidget  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+N = 8
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    ds = tmp_path / "ds"
+    rng = np.random.default_rng(1)
+    for i in range(N):
+        p = ds / ("a" if i % 2 else "b") / f"scan_{i}.nii.gz"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shape = (6 + i, 10, 12)  # each scan a different shape, to know which one is shown
+        nib.Nifti1Image(rng.integers(0, 500, shape).astype(np.int16), np.eye(4)).to_filename(p)
+    (ds / "notes.txt").write_text("not an image")
+    return ds
+
+
+def _names(w: DatasetWidget) -> list[str]:
+    col = COLUMNS.index("name")
+    return [Path(w.proxy.index(r, col).data()).name for r in range(w.proxy.rowCount())]
+
+
+def _labels_by_name(w: DatasetWidget) -> dict[str, tuple]:
+    rows = w.state.rows
+    return {Path(r["name"]).name: (r["label"], r["reason"], bool(r["reference"]))
+            for r in rows.values()}
+
+
+def _shown_scan_id(viewer) -> str | None:
+    layers = owned_layers(viewer)
+    assert len(layers) <= 1  # the previous scan's layer was replaced
+    return layers[0].metadata["scanqc"]["scan_id"] if layers else None
+
+
+def _open(qtbot, make_napari_viewer, ds: Path):
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Dataset")
+    w.open_folder(ds)
+    qtbot.waitUntil(lambda: w.model.rowCount() >= N, timeout=20_000)
+    w.table.sortByColumn(COLUMNS.index("name"), Qt.AscendingOrder)
+    return viewer, w
+
+
+def test_label_with_keys_and_reopen(qtbot, make_napari_viewer, dataset: Path,
+                                    monkeypatch) -> None:
+    monkeypatch.delenv("SCANQC_LABELS", raising=False)
+    before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
+    viewer, w = _open(qtbot, make_napari_viewer, dataset)
+    names = _names(w)
+    assert sorted(n for n in names if n.startswith("scan_")) == sorted(
+        f"scan_{i}.nii.gz" for i in range(N))
+    assert "notes.txt" not in names
+    user_layer = viewer.add_image(np.zeros((4, 4)), name="mine")  # never touched by the dock
+
+    # open the first scan, then walk down with the arrow key, labelling as we go
+    w.table.setFocus()
+    w.select_scan(w.proxy.index(0, 1).data(256 + 2))
+
+    def current_shown() -> bool:
+        return _shown_scan_id(viewer) == w.current_id()
+
+    qtbot.waitUntil(current_shown, timeout=10_000)
+    plan = [Qt.Key_R, Qt.Key_R, Qt.Key_R, Qt.Key_5, Qt.Key_B]
+    for i, key in enumerate(plan):
+        if i:
+            qtbot.keyClick(w.table, Qt.Key_Down)
+            qtbot.waitUntil(current_shown, timeout=10_000)
+        assert w.current_id() == w.proxy.index(i, 1).data(256 + 2)  # ID_ROLE
+        if key == Qt.Key_B:
+            w.reason_combo.setCurrentIndex(1)  # wrong_region, used by "B"
+        qtbot.keyClick(w.table, key)
+    assert user_layer in viewer.layers
+    shown = owned_layers(viewer)[0]
+    assert shown.metadata[OWNER_KEY] == "dataset"
+    assert shown.data.shape == tuple(w.state.entry(w.current_id()).shape)
+    assert Path(w.state.entry(w.current_id()).path).name == names[4]
+    banner = viewer.canvas.overlays.text
+    assert banner.visible and "BAD (wrong_region)" in banner.text and names[4] in banner.text
+
+    # multi-selection: the last two rows become good with one key press
+    w.table.selectRow(6)
+    w.table.selectionModel().select(
+        w.proxy.index(7, 0), w.table.selectionModel().Select | w.table.selectionModel().Rows)
+    qtbot.keyClick(w.table, Qt.Key_G)
+    # a region typed as a user class on the current scan
+    w.select_scan(w.proxy.index(0, 1).data(256 + 2))
+    w.region_combo.setCurrentText("my_phantom")
+    w._on_region_edited()
+
+    expected = {names[0]: ("reference", None, True), names[1]: ("reference", None, True),
+                names[2]: ("reference", None, True), names[3]: ("bad", "artifact", False),
+                names[4]: ("bad", "wrong_region", False), names[6]: ("good", None, False),
+                names[7]: ("good", None, False)}
+    got = _labels_by_name(w)
+    assert {k: v for k, v in got.items() if v[0]} == expected
+    # the filter box finds them
+    w.filter_edit.setText("bad")
+    assert sorted(_names(w)) == sorted([names[3], names[4]])
+    w.filter_edit.setText("")
+
+    w.close()
+    viewer.close()
+
+    # the labels were written beside the dataset, the dataset itself was not touched
+    store_path = default_store_path(dataset)
+    assert store_path.parent == dataset.parent
+    assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
+    with LabelStore.open(store_path) as store:
+        assert len(store.references()) == 3
+
+    viewer2, w2 = _open(qtbot, make_napari_viewer, dataset)
+    assert get_state(viewer2) is not get_state(viewer)
+    got2 = _labels_by_name(w2)
+    assert {k: v for k, v in got2.items() if v[0]} == expected
+    assert next(r for r in w2.state.rows.values()
+                if Path(r["name"]).name == names[0])["region"] == "my_phantom"
+    label_col = COLUMNS.index("label")
+    shown_labels = {Path(w2.proxy.index(r, 1).data()).name: w2.proxy.index(r, label_col).data()
+                    for r in range(w2.proxy.rowCount())}
+    assert shown_labels[names[3]] == "bad: artifact"
+    assert shown_labels[names[0]] == "reference"
+    w2.close()
+
+
+def test_update_rows_from_other_docks_and_unreadable(qtbot, make_napari_viewer, dataset: Path,
+                                                     monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "chosen.sqlite"))
+    (dataset / "broken.nii.gz").write_bytes(b"\x1f\x8bnot really gzip")
+    viewer, w = _open(qtbot, make_napari_viewer, dataset)
+    assert w.state.store.path == tmp_path / "chosen.sqlite"
+    sid = next(s for s, r in w.state.rows.items() if r["name"].endswith("scan_3.nii.gz"))
+    w.state.update_rows([{"scan_id": sid, "bad_score": 0.875, "region": "knee"}])
+    row = w.model.row_of(sid)
+    score_col = COLUMNS.index("bad_score")
+    assert w.model.index(row, score_col).data() == "0.875"
+    # sorting by bad score puts it last (others have no score)
+    w.table.sortByColumn(score_col, Qt.AscendingOrder)
+    assert w.proxy.index(w.proxy.rowCount() - 1, 1).data().endswith("scan_3.nii.gz")
+    # opening an unreadable scan shows a one-line error and no layer
+    broken = [s for s, r in w.state.rows.items() if "broken" in r["name"]]
+    assert broken
+    w.open_scan(broken[0])
+    qtbot.waitUntil(lambda: "broken.nii.gz" in w.status.text(), timeout=10_000)
+    assert owned_layers(viewer) == []
+    assert "\n" not in w.status.text()
+    w.close()
