@@ -24,6 +24,7 @@ import gzip
 import math
 import os
 import warnings
+import zlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,9 +127,55 @@ def _open_binary(path: str):
         raw.seek(0)
         if magic == b"\x1f\x8b":
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield gz
+                yield _CappedStream(gz, limits.max_scan_bytes() + limits.MAX_HEADER_BYTES)
         else:
             yield raw
+
+
+class _CappedStream:
+    """A read-only view of a decompressed stream that refuses to go past ``cap`` bytes.
+
+    A gzip bomb (a tiny ``.gz`` that expands to gigabytes) then ends with a one-line
+    error instead of exhausting memory or time.
+    """
+
+    def __init__(self, fp: Any, cap: int) -> None:
+        self._fp = fp
+        self._cap = int(cap)
+        self.name = getattr(fp, "name", "")
+
+    def _check(self, end: int) -> None:
+        if end > self._cap:
+            raise ValueError(
+                f"decompressed stream exceeds the limit of {self._cap / 1024**3:.1f} GiB "
+                "(gzip bomb?)"
+            )
+
+    def read(self, size: int = -1) -> bytes:
+        pos = self._fp.tell()
+        room = max(self._cap - pos, 0)
+        want = room + 1 if size is None or size < 0 else min(int(size), room + 1)
+        data = self._fp.read(want)
+        if len(data) > room:  # the stream really goes on past the cap
+            self._check(pos + len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self._fp.tell()
+            whence = 0
+        if whence == 0:
+            self._check(offset)
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
 
 
 def sniff(path: str) -> str | None:
@@ -139,7 +186,7 @@ def sniff(path: str) -> str | None:
     try:
         with _open_binary(path) as fp:
             head = fp.read(132)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error, ValueError):
         return None
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -232,9 +279,12 @@ class DicomHeader:
         """SOPClassUID (or MediaStorageSOPClassUID) as a string, ``""`` if absent."""
         uid = self.get("SOPClassUID")
         if not uid:
-            meta = getattr(self.ds, "file_meta", None)
-            uid = meta.get("MediaStorageSOPClassUID") if meta is not None else None
-        return str(uid or "").strip()
+            uid = _meta_value(self.ds, "MediaStorageSOPClassUID")
+        uid = str(uid or "").strip()
+        if len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
+            # a corrupt UID: keep error messages one short, printable line
+            uid = "".join(c if c.isprintable() and not c.isspace() else "?" for c in uid[:64])
+        return uid
 
     @property
     def sop_class_name(self) -> str:
@@ -435,10 +485,19 @@ def read_header(path: str | os.PathLike, *, all_tags: bool = False) -> DicomHead
         has_pixels = le in _PIXEL_TAGS or be in _PIXEL_TAGS
     plausible = _plausible(ds)
     if not headless and not plausible:
-        meta = getattr(ds, "file_meta", None)
-        sop = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+        sop = _meta_value(ds, "MediaStorageSOPClassUID")
         plausible = bool(sop) and (len(ds) > 0 or str(sop) == MEDIA_STORAGE_DIRECTORY)
     return DicomHeader(path, ds, has_pixels, headless=headless, plausible=plausible)
+
+
+def _meta_value(ds: Any, keyword: str) -> Any:
+    """A file meta (group 0002) value, or None when absent or unreadable (corrupt VR ...)."""
+    try:
+        meta = getattr(ds, "file_meta", None)
+        with _quiet():
+            return meta.get(keyword) if meta is not None else None
+    except Exception:  # noqa: BLE001 - a corrupt element is treated as missing
+        return None
 
 
 def read_cause(exc: BaseException) -> str:
@@ -462,8 +521,23 @@ def read_cause(exc: BaseException) -> str:
         return f"cannot decode pixel data: missing codec ({msg[:120]})"
     if isinstance(exc, (EOFError,)) or "end of file" in low or "truncat" in low:
         return f"truncated file ({msg[:120]})" if msg else "truncated file"
-    if isinstance(exc, gzip.BadGzipFile):
+    if isinstance(exc, ValueError) and ("is invalid, it must be" in low
+                                        or low.startswith("unknown (")):
+        return f"invalid header value ({msg[:140]})"
+    if isinstance(exc, AttributeError) and "missing required element" in low:
+        return f"missing header element ({msg.split(':', 1)[-1].strip()[:120]})"
+    if "unknown value representation" in low:
+        return f"corrupt header (unknown value representation: {msg[:120]})"
+    if "unpack requires a buffer" in low:  # struct.error: the data ends inside an element
+        return "truncated file (data ends inside a header element)"
+    if "could not broadcast" in low or "cannot reshape" in low:
+        return f"pixel data does not match the header's image size ({msg[:120]})"
+    if isinstance(exc, TypeError) and "not supported between" in low:
+        return f"invalid header value (wrong value type: {msg[:100]})"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
         return f"corrupt gzip stream ({msg[:120]})"
+    if "decompressed stream exceeds" in low:
+        return msg[:200]
     if isinstance(exc, OSError):
         return f"cannot read file ({exc.strerror or msg})"[:200]
     if isinstance(exc, ValueError) and ("invalid literal" in low or "could not convert" in low):
@@ -913,13 +987,33 @@ def _check_codec(ds: Any, path: str) -> None:
         )
 
 
+def _after_pixel_data():
+    """A pydicom ``stop_when``: stop at the first element after the pixel data.
+
+    Anything after the pixel data (trailing padding, junk, a gzip stream that goes on with
+    zeros) is never needed; parsing it element by element can take minutes.
+    """
+    seen = [False]
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:  # noqa: ARG001
+        if seen[0]:
+            return True
+        if (int(tag) >> 16, int(tag) & 0xFFFF) in _PIXEL_TAGS:
+            seen[0] = True
+        return False
+
+    return stop
+
+
 def _read_full(path: str, warns: list[ScanWarning]) -> Any:
     import pydicom
 
     headless = sniff(path) == "headless"
     try:
         with _quiet(), _open_binary(path) as fp:
-            ds = pydicom.dcmread(fp, force=headless)
+            ds = pydicom.filereader.read_partial(
+                fp, stop_when=_after_pixel_data(), force=headless
+            )
     except Exception as exc:  # noqa: BLE001
         raise ScanReadError(path, read_cause(exc)) from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:

@@ -117,8 +117,11 @@ def _nifti_entry(path: str, root: str) -> ScanEntry:
     import nibabel as nib
     import numpy as np
 
+    from scanqc.io.nifti import check_nifti_header
+
     rel = _rel(path, root)
     try:
+        check_nifti_header(path)  # refuses extension/offset bombs before nibabel reads them
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         zooms = tuple(float(z) for z in img.header.get_zooms())
@@ -204,7 +207,12 @@ def _explicit_items(
             items.append(_Item(path, base, True))
         else:
             base = os.path.abspath(root) if root else os.path.dirname(path)
-            why = "broken symbolic link" if os.path.islink(path) else "no such file or folder"
+            if os.path.lexists(path) and not os.path.islink(path):
+                why = "not a regular file (device, FIFO or socket)"
+            elif os.path.islink(path):
+                why = "broken symbolic link"
+            else:
+                why = "no such file or folder"
             errors.append(_error_entry(path, base, why))
     return items
 
@@ -254,7 +262,11 @@ def discover(
     report(progress, total, total, "grouping DICOM series")
     for base, hs in headers.items():
         check(cancel)
-        entries += dicom.headers_to_entries(hs, root=base)
+        try:
+            entries += dicom.headers_to_entries(hs, root=base)
+        except Exception as exc:  # noqa: BLE001 - safety net: never raise for bad files
+            cause = " ".join(f"cannot group DICOM headers ({type(exc).__name__}: {exc})".split())
+            entries += [_error_entry(h.path, base, cause[:200], "dicom") for h in hs]
     entries += errors
     entries.sort(key=lambda e: (e.name, e.path))
     return entries

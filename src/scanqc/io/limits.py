@@ -12,6 +12,11 @@ import numpy as np
 
 DEFAULT_MAX_SCAN_BYTES = 4 * 1024**3
 
+#: Most bytes a reader may read (or decompress) *before* the pixel data: NIfTI header
+#: extensions, the offset of the NIfTI data block. Real files use kilobytes to a few MB;
+#: a larger value is a malformed file or a decompression bomb, refused before reading.
+MAX_HEADER_BYTES = 64 * 1024**2
+
 
 def max_scan_bytes(override: int | None = None) -> int:
     """Return the per-scan memory ceiling in bytes."""

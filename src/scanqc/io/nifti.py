@@ -12,12 +12,13 @@ import contextlib
 import gzip
 import logging
 import re
+import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from scanqc.io.limits import check_declared_size
+from scanqc.io.limits import MAX_HEADER_BYTES, check_declared_size
 from scanqc.io.scan import Scan, ScanReadError, ScanWarning
 
 #: File name endings read by :func:`load_nifti`.
@@ -58,6 +59,8 @@ def _cause(exc: BaseException) -> str:
         return f"corrupt gzip stream ({text})" if text else "corrupt gzip stream"
     if "cannot work out file type" in low or "not a nifti" in low or "sizeof_hdr" in low:
         return "not a NIfTI file"
+    if isinstance(exc, ValueError) and ("vox_offset" in low or "header extension" in low):
+        return text
     if isinstance(exc, FileNotFoundError):
         return "file not found"
     if isinstance(exc, MemoryError):
@@ -68,6 +71,87 @@ def _cause(exc: BaseException) -> str:
     if "expected" in low and ("bytes" in low or "elements" in low):
         return "truncated file (pixel data shorter than the header declares)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _open_raw(path: str):
+    """Open ``path`` read-only; gunzip transparently when it starts with the gzip magic."""
+    fh = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    magic = fh.read(2)
+    fh.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh, mode="rb"), fh
+    return fh, fh
+
+
+def check_nifti_header(path: str | Path, *, header_limit: int = MAX_HEADER_BYTES) -> None:
+    """Check the parts of a NIfTI header that decide how much nibabel reads, before it does.
+
+    nibabel reads header extensions into memory with the sizes the file declares (a
+    negative or huge ``esize`` reads the rest of the stream, which for a gzip bomb is
+    gigabytes), and it decompresses everything up to ``vox_offset`` to reach the data. This
+    reads at most ``header_limit`` bytes and refuses such files with a one-line
+    ``ValueError``. Files that are not NIfTI-1/2 pass (nibabel reports those).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        header_limit: Most bytes allowed before the data block (extensions, offset).
+
+    Raises:
+        ValueError: Invalid ``vox_offset`` or header extensions (one line).
+        OSError, EOFError, zlib.error: The file or its gzip stream cannot be read.
+    """
+    fh, raw = _open_raw(str(path))
+    try:
+        head = fh.read(544)
+        if len(head) < 348:
+            return  # nibabel reports the short header
+        endian = None
+        for e in ("<", ">"):
+            if struct.unpack_from(e + "i", head, 0)[0] in (348, 540):
+                endian = e
+        if endian is None:
+            return
+        n2 = struct.unpack_from(endian + "i", head, 0)[0] == 540
+        hdr_size = 540 if n2 else 348
+        if len(head) < hdr_size:
+            return
+        vox = struct.unpack_from(endian + ("q" if n2 else "f"), head, 168 if n2 else 108)[0]
+        if not np.isfinite(vox) or vox < 0:
+            raise ValueError(f"invalid data offset (vox_offset {vox}) in the header")
+        vox = int(vox)
+        if vox > header_limit:
+            raise ValueError(
+                f"data offset {vox} bytes (vox_offset) exceeds the header limit of "
+                f"{header_limit // 1024**2} MiB"
+            )
+        ext_flag = head[hdr_size:hdr_size + 4]
+        if len(ext_flag) < 4 or ext_flag[0] == 0:
+            return
+        pos = hdr_size + 4
+        fh.seek(pos)
+        while vox - pos >= 16:  # nibabel reads extensions up to vox_offset
+            ext_def = fh.read(8)
+            if len(ext_def) < 8:
+                return  # nibabel reports the short read
+            esize = struct.unpack_from(endian + "i", ext_def, 0)[0]
+            if esize < 16:
+                raise ValueError(f"invalid header extension size {esize} (at least 16)")
+            if pos + esize > header_limit:
+                raise ValueError(
+                    f"header extensions of {pos + esize} bytes exceed the header limit of "
+                    f"{header_limit // 1024**2} MiB"
+                )
+            left = esize - 8
+            while left > 0:  # skip the body in bounded chunks (a gzip stream cannot seek)
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    return
+                left -= len(chunk)
+            pos += esize
+    finally:
+        if fh is not raw:
+            fh.close()
+        raw.close()
 
 
 def _header_summary(header) -> dict:
@@ -111,6 +195,17 @@ def _raw_pixdim(path: str, header_class) -> np.ndarray:
     with ImageOpener(path) as fh:
         raw = header_class.from_fileobj(fh, check=False)
     return np.asarray(raw["pixdim"][1:4], dtype=float)
+
+
+def _orientable(affine: np.ndarray) -> bool:
+    """True when every data axis maps to a distinct world axis (nibabel can reorient)."""
+    import nibabel as nib
+
+    try:
+        ornt = nib.orientations.io_orientation(affine)
+    except Exception:  # noqa: BLE001 - a degenerate affine
+        return False
+    return bool(np.isfinite(ornt).all())
 
 
 def _to_spl(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +253,7 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
     level = nib_log.level
     nib_log.setLevel(logging.ERROR)  # nibabel logs (and silently fixes) bad pixdim
     try:
+        check_nifti_header(path)
         img = nib.load(path)
         raw_pixdim = _raw_pixdim(path, type(img.header))
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
@@ -231,7 +327,8 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
         )
     col_norm = np.linalg.norm(affine[:3, :3], axis=0)
     if not (np.isfinite(affine).all() and (col_norm > 0).all()
-            and abs(np.linalg.det(affine[:3, :3])) > 1e-12):
+            and abs(np.linalg.det(affine[:3, :3])) > 1e-12
+            and _orientable(affine)):
         affine = np.diag([*np.where(ok, pixdim, 1.0), 1.0])
         warnings.append(
             ScanWarning(
