@@ -7,6 +7,7 @@ worker thread. A cancelled function raises :class:`Cancelled` at its next check.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -43,10 +44,9 @@ def report(progress: ProgressCallback | None, done: int, total: int, message: st
     """Call ``progress`` if given; never let a broken callback stop the work."""
     if progress is None:
         return
-    try:
+    # A broken progress display must not kill scoring.
+    with contextlib.suppress(Exception):
         progress(done, total, message)
-    except Exception:  # noqa: BLE001 - a progress display must not kill scoring
-        pass
 
 
 def check(cancel: CancelToken | None) -> None:

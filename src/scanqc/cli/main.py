@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "scanqc.cli.rank",
     "scanqc.cli.asymmetry",
     "scanqc.cli.train",
+    "scanqc.cli.region",
 )
 
 

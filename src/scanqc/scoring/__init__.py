@@ -1,3 +1,5 @@
-"""Layer 3: scoring. References, Siamese distance, field of view, image quality, region,
-valuation. Pure functions taking optional ``progress`` callbacks; no Qt.
+"""Layer 3: scoring.
+
+References, Siamese distance, field of view, image quality, region, valuation. Pure
+functions taking optional ``progress`` callbacks; no Qt.
 """

@@ -1,0 +1,200 @@
+"""Throughput of ``scanqc score``: scans/s, peak memory, and cost relative to reading only.
+
+For each dataset it measures, in the same run and the same worker setup:
+
+* **read**: discover + ``load_scan`` of every scan in ``--workers`` processes
+  (:func:`scanqc.batch.pipeline.read_only` through :class:`scanqc.batch.engine.LocalRunner`);
+* **score**: the full engine (discover, read, checks, quality metrics, slices, batched
+  embedding in the main process, kNN fallback scoring);
+
+and reports scans/s, the ratio score/read, and the peak RSS of the whole process tree
+(main + workers), sampled every 0.1 s.
+
+Synthetic datasets (small NIfTI volumes + PNG radiographs, 70/30) are generated once
+under ``/tmp/scanqc_bench/<n>``. ``--real`` adds the files of ../shared/data.
+
+Usage::
+
+    python benchmarks/throughput.py --sizes 100 1000 --workers 2 --real
+    python benchmarks/throughput.py --sizes 10000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_ROOT = Path(os.environ.get("SCANQC_BENCH_DIR", "/tmp/scanqc_bench"))
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def generate(n: int, root: Path = BENCH_ROOT) -> Path:
+    """Write ``n`` synthetic scans (70 % NIfTI 24x64x64 int16, 30 % PNG 128x128) once."""
+    import nibabel as nib
+    from PIL import Image
+
+    out = root / str(n)
+    marker = out / ".complete"
+    if marker.exists():
+        return out
+    rng = np.random.default_rng(n)
+    z, y, x = np.mgrid[0:24, 0:64, 0:64]
+    yy, xx = np.mgrid[0:128, 0:128]
+    for i in range(n):
+        sub = out / f"d{i // 500:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        if i % 10 < 7:
+            cy, cx = 32 + rng.integers(-6, 7), 32 + rng.integers(-6, 7)
+            vol = 900 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 300.0)
+            vol = vol + 25 * rng.standard_normal(vol.shape)
+            img = nib.Nifti1Image(np.clip(vol, 0, None).astype(np.int16).transpose(2, 1, 0),
+                                  np.diag([1.0, 1.0, 2.5, 1.0]))
+            nib.save(img, sub / f"s{i:05d}.nii.gz")
+        else:
+            im = 200 * np.exp(-((yy - 64) ** 2 + (xx - 64) ** 2) / 1500.0)
+            im = im + 12 * rng.random(im.shape)
+            Image.fromarray(im.astype(np.uint8)).save(sub / f"s{i:05d}.png")
+    marker.write_text("ok")
+    return out
+
+
+class PeakRSS:
+    """Sample the RSS of this process and all its descendants in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        procs = [self.proc]
+        with contextlib.suppress(Exception):
+            procs += self.proc.children(recursive=True)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def time_read(paths: list[Path], workers: int) -> tuple[float, int, int]:
+    """Seconds, scans read and peak RSS for discover + load_scan in ``workers`` processes."""
+    from scanqc.batch.engine import LocalRunner, _common_root_paths
+    from scanqc.batch.pipeline import read_only
+    from scanqc.io.discover import discover
+
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        root = _common_root_paths(paths)
+        entries = [e for e in discover([str(p) for p in paths], root=root) if e.status == "ok"]
+        runner = LocalRunner(workers, {}, 600, 4 * workers + 2, fn=read_only)
+        queue, n = list(entries), 0
+        try:
+            while queue or runner.busy():
+                while queue and runner.accepting():
+                    runner.submit(queue.pop())
+                n += len(runner.poll(0.05))
+        finally:
+            runner.close()
+        dt = time.perf_counter() - t0
+    return dt, n, mem.peak
+
+
+def time_score(paths: list[Path], workers: int, max_slices: int, size: int,
+               encoder: object | None) -> tuple[float, int, int, dict]:
+    """Seconds, rows and peak RSS of the full engine."""
+    from scanqc.batch.engine import ScoreConfig, score
+
+    cfg = ScoreConfig(workers=workers, device="cpu", max_slices=max_slices, size=size,
+                      encoder=encoder, torch_threads=1)
+    stats = {"ok": 0, "error": 0, "skipped": 0}
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        for row in score(paths, config=cfg):
+            stats[row["status"]] = stats.get(row["status"], 0) + 1
+        dt = time.perf_counter() - t0
+    return dt, sum(stats.values()), mem.peak, stats
+
+
+def _encoder(name: str) -> tuple[object | None, str]:
+    """The bundled encoder when it loads, else a random one of the same architecture."""
+    try:
+        from scanqc.models.encoder import load_encoder
+
+        load_encoder(name, "cpu")
+        return None, f"bundled '{name}'"
+    except Exception as exc:  # noqa: BLE001
+        import torch
+
+        from scanqc.models.encoder import SliceEncoder
+
+        torch.manual_seed(0)
+        return SliceEncoder().eval(), f"random SliceEncoder (bundled weights missing: {exc})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print one JSON line per dataset."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000])
+    ap.add_argument("--real", action="store_true", help="also ../shared/data")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-slices", type=int, default=32)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--model", default="encoder")
+    ap.add_argument("--json", type=Path, default=None, help="append results to this file")
+    args = ap.parse_args(argv)
+    encoder, enc_desc = _encoder(args.model)
+    print(f"# encoder: {enc_desc}; workers={args.workers}, cpu={os.cpu_count()}, "
+          f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
+    sets: list[tuple[str, list[Path]]] = [(f"synthetic-{n}", [generate(n)]) for n in args.sizes]
+    if args.real and (SHARED / "manifest.csv").exists():
+        sets.append(("shared-data", [SHARED]))
+    results = []
+    for name, paths in sets:
+        # warm the page cache and the worker start-up equally for both measurements
+        t_read, n_read, mem_read = time_read(paths, args.workers)
+        t_score, n_rows, mem_score, stats = time_score(paths, args.workers, args.max_slices,
+                                                        args.size, encoder)
+        res = {
+            "dataset": name, "scans": n_rows, "read_s": round(t_read, 2),
+            "score_s": round(t_score, 2), "scans_per_s": round(n_rows / t_score, 2),
+            "read_scans_per_s": round(n_read / t_read, 2),
+            "ratio_score_to_read": round(t_score / t_read, 2),
+            "peak_rss_mb_read": round(mem_read / 2**20), "peak_rss_mb": round(mem_score / 2**20),
+            "status": stats, "workers": args.workers, "encoder": enc_desc.split(" (")[0],
+        }
+        results.append(res)
+        print(json.dumps(res), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Per-scan work that runs in worker processes (local pool or Dask workers).
+
+:func:`prepare_entry` reads one discovered scan, runs the QC checks and the quality
+metrics, and cuts the model input slices; it returns a small picklable dict. No model is
+run here (embedding is batched across scans in the main process), so a worker needs no
+GPU. It never raises for a bad scan: the result then has status ``error`` and the
+one-line cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanqc.batch.columns import QUALITY_COLUMNS, empty_row
+from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning
+
+
+def worker_init() -> None:
+    """Initialise a worker process: ignore Ctrl-C (the main process handles it), 1 thread."""
+    # ValueError: not the main thread (e.g. a Dask worker thread)
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["torch"].set_num_threads(1)
+
+
+def relative_path(path: str, root: str | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators), or its name when no root is given."""
+    if not path:
+        return ""
+    if root:
+        try:
+            return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+        except ValueError:  # another drive on Windows
+            pass
+    return Path(path).name
+
+
+def _fmt_tuple(values: Any, digits: int = 4) -> str:
+    if values is None:
+        return ""
+    out = []
+    for v in values:
+        if isinstance(v, (float, np.floating)):
+            out.append(f"{float(v):.{digits}g}")
+        else:
+            out.append(str(int(v)) if isinstance(v, (int, np.integer)) else str(v))
+    return "x".join(out)
+
+
+def warnings_columns(warnings: list[ScanWarning]) -> tuple[str, str, str]:
+    """Return ``(codes, details, max_severity)`` report texts for ``warnings``."""
+    try:
+        from scanqc.scoring.checks import warnings_to_columns
+
+        codes, details = warnings_to_columns(warnings)
+    except ImportError:
+        codes = ";".join(dict.fromkeys(w.code for w in warnings))
+        details = " | ".join(f"{w.code}: {w.message}" for w in warnings)
+    sev = ""
+    for w in warnings:
+        rank = SEVERITIES.index(w.severity) if w.severity in SEVERITIES else -1
+        if rank >= 0 and (not sev or rank > SEVERITIES.index(sev)):
+            sev = w.severity
+    return codes, details, sev
+
+
+def entry_row(entry: ScanEntry, root: str | None) -> dict[str, Any]:
+    """The descriptive part of a row, from discovery only (no pixels read)."""
+    row = empty_row()
+    row.update(
+        scan_id=entry.scan_id,
+        path=relative_path(entry.path, root),
+        name=entry.name or Path(entry.path).name,
+        kind=entry.kind,
+        format=entry.format,
+        modality=entry.modality,
+        shape=_fmt_tuple(entry.shape),
+        spacing=_fmt_tuple(entry.spacing),
+        status=entry.status,
+        error=" ".join(str(entry.error).split()) if entry.status != "ok" else "",
+    )
+    if entry.warnings:
+        row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(
+            list(entry.warnings)
+        )
+    row["_paths"] = tuple(entry.paths)
+    return row
+
+
+def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "error") -> dict:
+    """A row with ``status`` (error or skipped) and a one-line cause naming the file."""
+    row = entry_row(entry, root)
+    cause = " ".join(str(cause).split())
+    for prefix in (f"{entry.path}: ", f"{os.path.abspath(entry.path)}: "):
+        if entry.path and cause.startswith(prefix):
+            cause = cause[len(prefix):]
+    for p in (entry.path, os.path.abspath(entry.path)) if entry.path else ():
+        cause = cause.replace(p, relative_path(p, root))  # no absolute paths in reports
+    if root:
+        cause = cause.replace(os.path.abspath(root) + os.sep, "")
+    row.update(status=status, error=f"{row['path'] or entry.name}: {cause}")
+    return row
+
+
+def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]:
+    """Run the QC checks and the quality metrics, sharing the prepared data when possible.
+
+    ``run_checks`` prepares downsampled data (body mask, window) internally; when it
+    accepts ``data=`` the same prepared data also feeds ``quality_metrics`` (computed once).
+    """
+    from scanqc.scoring.checks import run_checks
+    from scanqc.scoring.quality import quality_metrics
+
+    data = None
+    if "data" in inspect.signature(run_checks).parameters:
+        from scanqc.scoring.body_mask import prepare
+
+        try:
+            data = prepare(scan)
+        except Exception:  # noqa: BLE001 - run_checks reports it
+            data = None
+    found = list(run_checks(scan, data=data) if data is not None else run_checks(scan))
+    known = {(w.code, w.message) for w in found}
+    warnings = [*(w for w in scan.warnings if (w.code, w.message) not in known), *found]
+    try:
+        metrics = quality_metrics(scan, data) if data is not None else quality_metrics(scan)
+    except Exception:  # noqa: BLE001 - metrics are informative; checks already ran
+        metrics = {}
+    return warnings, {k: v for k, v in (metrics or {}).items() if v is not None}
+
+
+def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
+    """Read, check and preprocess one scan (runs in a worker process).
+
+    Args:
+        entry: A discovered scan with status ``ok``.
+        options: ``root``, ``size``, ``max_slices``, ``max_bytes``, ``checks`` (bool),
+            ``content_key`` (bool: hash the files for the resume cache).
+
+    Returns:
+        ``{"row": partial row, "slices": float32 (N, S, S) or None, "slice_index": (N,),
+        "warnings": [ScanWarning], "content": str or None, "seconds": float}``. On failure
+        the row has status ``error`` and ``slices`` is None.
+    """
+    t0 = time.perf_counter()
+    root = options.get("root")
+    result: dict[str, Any] = {"slices": None, "slice_index": None, "warnings": [],
+                              "content": None}
+    if options.get("content_key"):
+        from scanqc.batch.cache import content_key
+
+        result["content"] = content_key(entry.paths)
+    try:
+        from scanqc.io.load import load_scan
+
+        scan = load_scan(entry, max_bytes=options.get("max_bytes"))
+        row = entry_row(entry, root)
+        row["shape"] = _fmt_tuple(scan.spatial_shape)
+        row["spacing"] = _fmt_tuple(scan.spacing)
+        row["modality"] = scan.modality or entry.modality
+        if options.get("checks", True):
+            warnings, metrics = checks_and_quality(scan)
+            row.update({k: v for k, v in metrics.items() if k in QUALITY_COLUMNS})
+        else:
+            warnings = list(scan.warnings)
+        row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
+        from scanqc.models.preprocess import scan_to_slices
+
+        slices, idx = scan_to_slices(
+            scan, size=int(options.get("size", 128)), max_slices=options.get("max_slices")
+        )
+        if len(slices) == 0:
+            raise ScanReadError(entry.path, "no slices to score")
+        result.update(
+            slices=np.ascontiguousarray(slices, dtype=np.float32),
+            slice_index=np.asarray(idx, dtype=np.int64),
+            warnings=warnings,
+        )
+        del scan
+    except ScanReadError as exc:
+        row = error_row(entry, root, str(exc))
+    except MemoryError:
+        row = error_row(entry, root, "out of memory while reading or preprocessing")
+    except Exception as exc:  # noqa: BLE001 - one bad scan never stops a batch
+        row = error_row(entry, root, f"{type(exc).__name__}: {exc}")
+    result["row"] = row
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def read_only(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
+    """Only read the scan (the baseline of the throughput benchmark)."""
+    from scanqc.io.load import load_scan
+
+    t0 = time.perf_counter()
+    try:
+        scan = load_scan(entry, max_bytes=options.get("max_bytes"))
+        shape = scan.data.shape
+        status = "ok"
+    except Exception as exc:  # noqa: BLE001
+        shape, status = (), f"error: {exc}"
+    return {"shape": shape, "status": status, "seconds": time.perf_counter() - t0}

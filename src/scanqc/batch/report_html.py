@@ -1,0 +1,230 @@
+"""A self-contained HTML report of a scoring run (one file, images inline).
+
+Summary counts, the histogram of the distance (or bad score) with the threshold line,
+then the scans: flagged first (highest score first) with thumbnails of the middle and
+the worst slice, their warnings and region, and a relative link to the file. Every
+string from the data is HTML-escaped; only the report columns (no patient identifiers)
+are shown. Thumbnails are re-read from the files for the first ``max_thumbnails``
+flagged scans only, so the report stays small for large datasets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from scanqc import __version__
+
+log = logging.getLogger(__name__)
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
+tr.flagged{background:#fff1f0} tr.error{background:#fffbe6} tr.skipped{color:#888}
+.counts span{display:inline-block;margin-right:1.5em;font-size:15px}
+img.thumb{width:96px;height:96px;object-fit:contain;background:#000;margin-right:2px}
+.small{color:#666;font-size:12px}
+"""
+
+
+def _esc(value: Any) -> str:
+    """HTML-escape any value ('' for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not np.isfinite(value) else f"{value:.3f}"
+    return html.escape(str(value), quote=True)
+
+
+def _png_b64(img: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def histogram_png(values: Sequence[float], threshold: float | None, xlabel: str) -> str:
+    """Base64 PNG of a histogram with a dashed threshold line (matplotlib Agg)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2.6), dpi=90)
+    ax = fig.add_subplot(1, 1, 1)
+    vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if vals.size:
+        ax.hist(vals, bins=min(50, max(5, int(np.sqrt(vals.size)) * 2)), color="#4a78b5")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(float(threshold), color="#c0392b", linestyle="--",
+                   label=f"threshold {threshold:.3g}")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("scans")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumb(slice2d: np.ndarray, window: tuple[float, float], size: int = 96) -> np.ndarray:
+    from PIL import Image
+
+    from scanqc.io.intensity import normalize
+
+    img = (normalize(slice2d, window=window) * 255).astype(np.uint8)
+    im = Image.fromarray(img)
+    im.thumbnail((size, size))
+    return np.asarray(im)
+
+
+def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
+    """``[(label, base64 png)]`` for the middle and the worst slice of the row's scan."""
+    from scanqc.io.intensity import robust_window
+    from scanqc.io.load import load_scan
+    from scanqc.io.scan import ScanEntry
+
+    paths = tuple(row.get("_paths") or ())
+    if not paths and row.get("path"):
+        paths = (os.path.join(root or "", str(row["path"])),)
+    if not paths:
+        return []
+    entry = ScanEntry(scan_id=str(row.get("scan_id") or ""), paths=paths,
+                      kind=row.get("kind") or "image", format=row.get("format") or "")
+    scan = load_scan(entry)
+    stack = scan.slices()
+    window = robust_window(stack, scan.modality)
+    mid = stack.shape[0] // 2
+    out = [(f"slice {mid}", _png_b64(_thumb(stack[mid], window)))]
+    worst = str(row.get("worst_slices") or "").split(";")[0]
+    if worst.strip().isdigit() and int(worst) < stack.shape[0] and int(worst) != mid:
+        out.append((f"worst slice {int(worst)}", _png_b64(_thumb(stack[int(worst)], window))))
+    return out
+
+
+def _href(row: dict[str, Any], root: str | None, out_dir: Path) -> str:
+    paths = row.get("_paths") or ()
+    target = paths[0] if paths else os.path.join(root or "", str(row.get("path") or ""))
+    try:
+        rel = os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir))
+    except ValueError:
+        rel = os.path.abspath(target)
+    return quote(Path(rel).as_posix())
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    status = row.get("status") or ""
+    score = row.get("bad_score")
+    score = float(score) if isinstance(score, (int, float)) and np.isfinite(score) else -1.0
+    group = 0 if row.get("flagged") else 1 if status == "ok" else 2 if status == "error" else 3
+    return group, -score, str(row.get("path") or "")
+
+
+def write_html_report(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    *,
+    root: str | None = None,
+    statistic: str = "mean",
+    title: str = "scanqc report",
+    max_thumbnails: int = 48,
+    max_rows: int = 5000,
+    load_thumbnails: bool = True,
+) -> Path:
+    """Write the HTML report of ``rows`` to ``path``.
+
+    Args:
+        rows: Report rows (typed, e.g. from :func:`scanqc.batch.output.read_report`).
+        path: Output ``.html`` file.
+        root: Dataset root the row paths are relative to (for thumbnails and links).
+        statistic: Which distance column the histogram shows (``mean`` or ``min``).
+        title: Page title.
+        max_thumbnails: Flagged scans that get thumbnails (read again from disk).
+        max_rows: Rows listed in the table (flagged first); the rest are counted only.
+        load_thumbnails: Read the files for thumbnails at all.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    out_dir = path.parent
+    rows = sorted(rows, key=_order)
+    n = len(rows)
+    n_ok = sum(r.get("status") == "ok" for r in rows)
+    n_err = sum(r.get("status") == "error" for r in rows)
+    n_skip = sum(r.get("status") == "skipped" for r in rows)
+    n_flag = sum(bool(r.get("flagged")) for r in rows)
+    col = f"{statistic}_distance" if statistic in ("mean", "min") else "mean_distance"
+    dist = [r.get(col) for r in rows if isinstance(r.get(col), (int, float))]
+    thr_vals = [r.get("threshold") for r in rows if isinstance(r.get("threshold"), (int, float))]
+    refset = {r.get("reference_set_id") for r in rows if r.get("reference_set_id")}
+    if dist:
+        hist = histogram_png(dist, thr_vals[0] if thr_vals else None,
+                             "kNN distance" if refset == {"knn"} else f"{statistic} distance")
+    else:
+        scores = [r.get("bad_score") for r in rows if isinstance(r.get("bad_score"), float)]
+        hist = histogram_png(scores, 0.5, "bad score")
+    models = sorted({f"{r.get('model')} {r.get('model_version') or ''}".strip()
+                     for r in rows if r.get("model")})
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f"<p class='small'>scanqc {_esc(__version__)}, {_esc(time.strftime('%Y-%m-%d %H:%M'))}"
+        f"; model {_esc(', '.join(models) or '-')}; reference set "
+        f"{_esc(', '.join(sorted(str(s) for s in refset)) or '-')}</p>",
+        "<div class='counts'>",
+        f"<span><b>{n}</b> scans</span><span><b>{n_ok}</b> scored</span>",
+        f"<span><b>{n_flag}</b> flagged</span><span><b>{n_err}</b> errors</span>",
+        f"<span><b>{n_skip}</b> skipped</span></div>",
+        f"<p><img alt='score histogram' src='data:image/png;base64,{hist}'></p>",
+        "<table><thead><tr><th>images</th><th>scan</th><th>status</th><th>bad score</th>"
+        "<th>distance</th><th>warnings</th><th>region</th></tr></thead><tbody>",
+    ]
+    n_thumbs = 0
+    for row in rows[:max_rows]:
+        status = str(row.get("status") or "")
+        cls = "flagged" if row.get("flagged") else status
+        imgs = ""
+        if load_thumbnails and row.get("flagged") and status == "ok" and (
+                n_thumbs < max_thumbnails):
+            n_thumbs += 1
+            try:
+                imgs = "".join(
+                    f"<img class='thumb' title='{_esc(lbl)}' alt='{_esc(lbl)}' "
+                    f"src='data:image/png;base64,{b64}'>" for lbl, b64 in thumbnails(row, root))
+            except Exception as exc:  # noqa: BLE001 - a thumbnail never breaks the report
+                log.debug("no thumbnail for %s: %s", row.get("path"), exc)
+        href = _href(row, root, out_dir)
+        detail = row.get("error") if status != "ok" else row.get("warnings_detail")
+        region = row.get("region") or ""
+        if row.get("region_mismatch"):
+            region = f"{region} (header: {row.get('header_region') or '?'})"
+        parts.append(
+            f"<tr class='{_esc(cls)}'><td>{imgs}</td>"
+            f"<td><a href='{_esc(href)}'>{_esc(row.get('name') or row.get('path'))}</a>"
+            f"<div class='small'>{_esc(row.get('path'))} &middot; {_esc(row.get('kind'))} "
+            f"{_esc(row.get('modality'))} {_esc(row.get('shape'))}</div></td>"
+            f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"
+            f"<td>{_esc(row.get('bad_score'))}</td><td>{_esc(row.get(col))}</td>"
+            f"<td><b>{_esc(row.get('warnings'))}</b><div class='small'>{_esc(detail)}</div></td>"
+            f"<td>{_esc(region)}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    if n > max_rows:
+        parts.append(f"<p class='small'>{n - max_rows} more rows are in the table file.</p>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

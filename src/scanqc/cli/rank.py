@@ -1,0 +1,168 @@
+"""``scanqc rank``: which scans to label next (active learning / EXAMINE data valuation).
+
+``scanqc rank PATH... --strategy examine|entropy|margin|least_confidence|disagreement|
+diversity|random [--labels labels.csv] [--label-column auto|region|label] [--n N]
+[--model-dir DIR] [--max-slices N] [--seed S] --out ranking.csv``
+
+Every readable scan is embedded with the encoder (the bundled one, or ``--model-dir``), the
+unlabelled ones are ranked (label first at rank 1) and written as CSV with the columns
+``scan_id, path, rank, score, strategy, status, error``. Scans already labelled in
+``labels.csv`` (as written by ``scanqc labels export``; matched by ``scan_id`` or ``path``)
+follow with status ``labelled``; unreadable files come last with status ``error`` and a
+one-line cause. With ``--strategy examine`` the score is EXAMINE = exp(MSV): the top rows
+are the most representative scans, the bottom rows the most atypical (bad-data candidates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from scanqc.scoring.active import STRATEGIES
+
+#: Output columns, in order.
+RANK_COLUMNS: tuple[str, ...] = ("scan_id", "path", "rank", "score", "strategy", "status",
+                                 "error")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``scanqc rank``."""
+    p = subparsers.add_parser(
+        "rank",
+        help="rank unlabelled scans: which to label next (active learning, EXAMINE)",
+        description=(
+            "Embed every scan under PATH... and rank the unlabelled ones for labelling. "
+            "Uncertainty strategies train a small probe on the labels of --labels; "
+            "examine, diversity and random need no labels."
+        ),
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="ranking CSV to write")
+    p.add_argument("--strategy", "-s", choices=STRATEGIES, default="examine",
+                   help="ranking strategy (default: %(default)s)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="labels CSV (scanqc labels export): scan_id and/or path, and region "
+                        "or label")
+    p.add_argument("--label-column", choices=("auto", "region", "label"), default="auto",
+                   help="which column holds the classes (auto: region when any row has one, "
+                        "else label)")
+    p.add_argument("--n", type=int, default=None, help="write only the first N ranked scans")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="encoder folder (metadata.json + model.safetensors; default: bundled)")
+    p.add_argument("--max-slices", type=int, default=16, help="slices per volume (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="dataset root; paths are written relative to it (default: common "
+                        "folder of PATH...)")
+    p.set_defaults(func=run)
+    return p
+
+
+def read_labels_csv(path: str | Path, column: str = "auto") -> dict[str, str]:
+    """Read a labels CSV into ``{key: class}``; keys are scan_ids and paths.
+
+    Raises:
+        ValueError: the file cannot be read or has no usable column (one line).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: cannot read the labels file ({exc})") from exc
+    if not rows:
+        return {}
+    cols = set(rows[0])
+    if not cols & {"scan_id", "path"}:
+        raise ValueError(f"{path}: needs a scan_id or path column")
+    if column == "auto":
+        column = "region" if any((r.get("region") or "").strip() for r in rows) else "label"
+    if column not in cols:
+        raise ValueError(f"{path}: no {column!r} column")
+    out: dict[str, str] = {}
+    for r in rows:
+        value = (r.get(column) or "").strip()
+        if not value:
+            continue
+        for key in ("scan_id", "path"):
+            k = (r.get(key) or "").strip()
+            if k:
+                out[f"{key}:{k}"] = value
+    return out
+
+
+def _common_root(paths: list[Path]) -> Path:
+    absolute = [p.resolve() for p in paths]
+    dirs = [p if p.is_dir() else p.parent for p in absolute]
+    return Path(os.path.commonpath([str(d) for d in dirs]))
+
+
+def _load_model(model_dir: Path | None):  # noqa: ANN202 - torch module
+    if model_dir is None:
+        from scanqc.models.encoder import load_encoder
+
+        return load_encoder("encoder", "cpu")
+    from scanqc.models.registry import load_model_dir
+
+    return load_model_dir(model_dir, "cpu")[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rank ``args.paths`` and write ``args.out``; return 0."""
+    import numpy as np
+
+    from scanqc.io.discover import discover
+    from scanqc.io.labels import entry_relpath
+    from scanqc.scoring.active import compute_ranking, embed_entries
+
+    for p in args.paths:
+        if not p.exists():
+            raise ValueError(f"{p}: no such file or folder")
+    root = (args.root or _common_root(list(args.paths))).resolve()
+    labels = read_labels_csv(args.labels, args.label_column) if args.labels else {}
+    entries = [e for e in discover([str(p) for p in args.paths], root=root)
+               if e.status != "skipped"]
+    rel = {e.scan_id: entry_relpath(e, root) for e in entries}
+    model = _load_model(args.model_dir)
+    ids, z, errors = embed_entries(entries, model=model, max_slices=args.max_slices)
+    known = []
+    for i, sid in enumerate(ids):
+        lab = labels.get(f"scan_id:{sid}") or labels.get(f"path:{rel[sid]}")
+        if lab:
+            known.append((i, lab))
+    lab_idx = [i for i, _ in known]
+    lab_val = [v for _, v in known]
+    rows: list[dict[str, object]] = []
+    if len(ids):
+        ranking = compute_ranking(z, lab_idx, lab_val, args.strategy, args.n, seed=args.seed)
+        if ranking.used != ranking.strategy:
+            print(f"scanqc rank: {len(set(lab_val))} class(es) labelled; {args.strategy} "
+                  f"needs two, ranked by {ranking.used} instead", file=sys.stderr)
+        scores = ranking.scores
+        if ranking.used == "examine":  # EXAMINE = exp(MSV); same order
+            scores = [float(np.exp(s)) for s in scores]
+        for r, (i, s) in enumerate(zip(ranking.order, scores, strict=True), start=1):
+            rows.append({"scan_id": ids[i], "path": rel[ids[i]], "rank": r,
+                         "score": f"{s:.6g}", "strategy": ranking.used, "status": "ok",
+                         "error": ""})
+    for i in lab_idx:
+        rows.append({"scan_id": ids[i], "path": rel[ids[i]], "rank": "", "score": "",
+                     "strategy": args.strategy, "status": "labelled", "error": ""})
+    for sid, err in errors.items():
+        rows.append({"scan_id": sid, "path": rel.get(sid, ""), "rank": "", "score": "",
+                     "strategy": args.strategy, "status": "error",
+                     "error": err.replace(str(root) + os.sep, "")})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(RANK_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    n_ranked = sum(1 for r in rows if r["status"] == "ok")
+    print(f"scanqc rank: {n_ranked} ranked, {len(lab_idx)} labelled, {len(errors)} "
+          f"unreadable -> {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,197 @@
+"""``scanqc score``: score folders of scans into a report (CSV, JSON lines or parquet).
+
+``scanqc score PATH... --out report.csv [--references FILE] [--format csv|parquet|json]
+[--html REPORT.html] [--workers N] [--scheduler ADDRESS|local] [--device auto|cpu|cuda]
+[--resume] [--threshold X] [--statistic mean|min] [--max-slices N] [--root DIR]``
+
+Rows are written as scans finish (crash-safe; see :mod:`scanqc.batch.output`); every
+finished row also goes to a resume cache beside the report (``<out>.cache.sqlite``), so
+``--resume`` after a crash or Ctrl-C scores only the scans not done yet. Ctrl-C stops
+cleanly, keeping every row already written (exit code 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``scanqc score``."""
+    p = subparsers.add_parser(
+        "score",
+        help="score scans against references (or each other) and write a report",
+        description=(
+            "Score every scan under PATH... and write one report row per scan, as scans "
+            "finish. With --references the scans are compared with known-good scans "
+            "(Siamese reference-set distance); without, each scan is compared with the rest "
+            "of the dataset (kNN outlier score, written at the end)."
+        ),
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="report file to write")
+    p.add_argument("--references", "-r", type=Path, default=None, metavar="FILE",
+                   help="text file listing known-good scans, one path or scan_id per line "
+                        "(# comments allowed)")
+    p.add_argument("--format", choices=("csv", "parquet", "json"), default=None,
+                   help="report format (default: from the --out suffix, else csv); json = "
+                        "JSON lines")
+    p.add_argument("--html", type=Path, default=None, metavar="REPORT.html",
+                   help="also write a self-contained HTML report")
+    p.add_argument("--workers", "-j", type=int, default=_default_workers(),
+                   help="worker processes reading scans (0: no subprocess; default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                   help="run the per-scan work on Dask: a scheduler address, or 'local' for a "
+                        "LocalCluster of --workers processes")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device for the model (default: auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of an earlier run of the same --out and score only "
+                        "the scans not done yet")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="distance threshold (default: the references' largest pairwise "
+                        "distance; without references the IQR rule)")
+    p.add_argument("--statistic", choices=("mean", "min"), default="mean",
+                   help="distance to the references: mean (Belton) or min (FewSOME)")
+    p.add_argument("--max-slices", type=int, default=32,
+                   help="slices per volume used by the model, evenly spaced (0: all)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="dataset root; report paths are relative to it (default: common "
+                        "folder of PATH...)")
+    p.add_argument("--finetune", action="store_true",
+                   help="fine-tune the encoder on the references before scoring (FewSOME)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds one scan may take before it is reported as an error")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="resume cache file (default: <out>.cache.sqlite)")
+    p.add_argument("--no-cache", action="store_true", help="do not write a resume cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def read_reference_file(path: str | Path) -> list[str]:
+    """Return the items of a reference list: one path or scan_id per line, ``#`` comments.
+
+    Relative paths that exist relative to the list's folder are made absolute.
+
+    Raises:
+        ValueError: The file cannot be read (one line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the reference list ({exc})") from exc
+    items = []
+    for line in text.splitlines():
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        cand = path.parent / item
+        if not os.path.isabs(item) and not Path(item).exists() and cand.exists():
+            item = str(cand.resolve())
+        items.append(item)
+    if not items:
+        raise ValueError(f"{path}: the reference list is empty")
+    return items
+
+
+class _Bar:
+    """tqdm on stderr fed by the engine's progress callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0, unit="scan", file=sys.stderr, dynamic_ncols=True,
+                            smoothing=0.1, desc="scoring")
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.bar is None:
+            return
+        if done < self.bar.n or (total and self.bar.total and total != self.bar.total):
+            self.bar.reset(total=total or None)  # a new phase (discovery, then scoring)
+        elif total and self.bar.total != total:
+            self.bar.total = total
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        if message:
+            self.bar.set_postfix_str(str(message)[:40], refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score ``args.paths``; return 0, or 130 when interrupted."""
+    from scanqc.batch.cache import ResultCache
+    from scanqc.batch.engine import ScoreConfig, default_root, score
+    from scanqc.batch.output import ReportWriter, format_from_path, read_report
+
+    t0 = time.perf_counter()
+    for p in args.paths:
+        if not p.exists():
+            raise ValueError(f"{p}: no such file or folder")
+    fmt = args.format or format_from_path(args.out)
+    refs = read_reference_file(args.references) if args.references else None
+    root = str(args.root) if args.root else default_root(args.paths)
+    config = ScoreConfig(
+        workers=args.workers, scheduler=args.scheduler, device=args.device, root=root,
+        max_slices=args.max_slices or None, statistic=args.statistic, threshold=args.threshold,
+        finetune=args.finetune, timeout=args.timeout, resume=args.resume,
+    )
+    cache = None
+    if not args.no_cache:
+        cache = ResultCache(args.cache or args.out.with_name(args.out.name + ".cache.sqlite"))
+    writer = ReportWriter(args.out, fmt, resume=args.resume)
+    bar = _Bar(not args.no_progress)
+    counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0}
+    flagged_paths: dict[str, tuple[str, ...]] = {}
+    interrupted = False
+    try:
+        for row in score(args.paths, references=refs, config=config, progress=bar, cache=cache):
+            writer.write(row)
+            counts[row.get("status") or "error"] = counts.get(row.get("status") or "error", 0) + 1
+            counts["cached"] += bool(row.get("_cached"))
+            if row.get("flagged"):
+                counts["flagged"] += 1
+                flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        out_file = writer.close(finalize=not interrupted)
+        if cache is not None:
+            cache.close()
+    seconds = time.perf_counter() - t0
+    n = counts["ok"] + counts["error"] + counts["skipped"]
+    resumed = f" ({counts['cached']} from the resume cache)" if counts["cached"] else ""
+    print(
+        f"scanqc: {n} scanned{resumed}, {counts['flagged']} flagged, {counts['error']} errors, "
+        f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
+        file=sys.stderr,
+    )
+    if interrupted:
+        print("scanqc: interrupted; rows already written are kept (rerun with --resume)",
+              file=sys.stderr)
+        return 130
+    if args.html:
+        from scanqc.batch.report_html import write_html_report
+
+        rows = read_report(args.out, fmt)
+        for r in rows:
+            if str(r.get("scan_id")) in flagged_paths:
+                r["_paths"] = flagged_paths[str(r["scan_id"])]
+        write_html_report(rows, args.html, root=root, statistic=args.statistic)
+        print(f"scanqc: HTML report -> {args.html}", file=sys.stderr)
+    return 0

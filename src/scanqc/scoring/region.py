@@ -1,0 +1,306 @@
+"""Anatomical region per scan, per-slice coverage of volumes, and header consistency.
+
+The classifier is :class:`scanqc.models.region_probe.RegionProbe` on the frozen slice
+encoder (docs/region.md). A 2D image is one slice. A volume is classified slice by slice
+(at most ``max_slices`` evenly spaced slices); the per-slice labels are smoothed with a
+3-slice majority vote and merged into ordered ranges (e.g. chest 0-40, abdomen 41-80,
+pelvis 81-111), and the scan's region is the class with the highest mean probability.
+Below the probe's calibrated threshold the region is ``unknown``.
+
+Header consistency uses :mod:`scanqc.scoring.header` (``header_regions`` and
+``region_header_mismatch``): a confident prediction that disagrees with BodyPartExamined,
+ProtocolName/SeriesDescription or StudyDescription gives a ``region_header_mismatch``
+warning. For a volume the header is consistent when any confident part of its coverage
+agrees. :func:`rank_region_issues` ranks a labelled dataset by cleanlab's label quality.
+
+No torch at import time (the model modules are imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from scanqc.io.scan import Scan, ScanWarning
+from scanqc.scoring.header import header_regions, region_header_mismatch
+
+if TYPE_CHECKING:
+    from scanqc.models.region_probe import RegionProbe
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+#: Probe classes that the header keywords can name (others never give a mismatch).
+HEADER_COMPARABLE = frozenset({
+    "head", "neck", "chest", "abdomen", "pelvis", "spine", "upper_limb", "lower_limb",
+    "breast", "whole_body", "non_anatomical",
+})
+
+
+@dataclass
+class RegionPrediction:
+    """The region classifier's answer for one scan.
+
+    Attributes:
+        region: Predicted class, or ``"unknown"`` below the probe's threshold.
+        confidence: Probability of the top class (mean over slices for a volume).
+        probs: Class -> probability (mean over slices).
+        per_slice: For volumes: ``((first, last), region)`` ranges in slice order covering
+            every slice; for a 2D image one range ``((0, 0), region)``.
+        header_region: Regions named by the header, ``"/"``-joined (``""``: none).
+        mismatch: True when a ``region_header_mismatch`` warning was raised.
+        warnings: The warnings (empty or one ``region_header_mismatch``).
+    """
+
+    region: str
+    confidence: float
+    probs: dict[str, float]
+    per_slice: list[tuple[tuple[int, int], str]]
+    header_region: str = ""
+    mismatch: bool = False
+    warnings: list[ScanWarning] = field(default_factory=list)
+
+    @property
+    def coverage(self) -> list[str]:
+        """Regions the scan covers, in slice order (unknown ranges left out)."""
+        out: list[str] = []
+        for _, reg in self.per_slice:
+            if reg != UNKNOWN and (not out or out[-1] != reg):
+                out.append(reg)
+        return out
+
+    def columns(self) -> dict[str, Any]:
+        """Flat, JSON-friendly columns for tables and exports."""
+        return {
+            "region": self.region,
+            "region_confidence": round(float(self.confidence), 4),
+            "region_coverage": "; ".join(f"{r} {a}-{b}" for (a, b), r in self.per_slice),
+            "header_region": self.header_region,
+            "region_mismatch": bool(self.mismatch),
+        }
+
+
+def _mode_filter(labels: list[str], width: int = 3) -> list[str]:
+    if len(labels) < width:
+        return list(labels)
+    half = width // 2
+    out = []
+    for i in range(len(labels)):
+        win = labels[max(0, i - half): i + half + 1]
+        counts = Counter(win)
+        best, n = counts.most_common(1)[0]
+        out.append(best if n > 1 else labels[i])
+    return out
+
+
+def slice_ranges(
+    slice_index: Sequence[int], labels: Sequence[str], n_slices: int | None = None,
+    min_run: int = 2, smooth: int = 3,
+) -> list[tuple[tuple[int, int], str]]:
+    """Aggregate per-slice labels into ordered, non-overlapping slice ranges.
+
+    Args:
+        slice_index: Scan index of each classified slice (increasing).
+        labels: Label of each classified slice.
+        n_slices: Slices in the scan (the last range ends at ``n_slices - 1``); default:
+            the last classified index.
+        min_run: Runs of fewer classified slices are merged into the run before them
+            (or after them, at the start), unless the whole scan is that short.
+        smooth: Width of the majority-vote filter over classified slices (1: none).
+
+    Returns:
+        ``[((first, last), label), ...]`` covering ``0 .. n_slices - 1`` in order,
+        adjacent ranges with different labels.
+    """
+    idx = [int(i) for i in slice_index]
+    labs = [str(lab) for lab in labels]
+    if len(idx) != len(labs):
+        raise ValueError("slice_index and labels differ in length")
+    if not idx:
+        return []
+    order = np.argsort(idx, kind="stable")
+    idx = [idx[i] for i in order]
+    labs = [labs[i] for i in order]
+    if smooth > 1:
+        labs = _mode_filter(labs, smooth)
+    # runs over classified slices: [start position, end position, label]
+    runs: list[list[Any]] = []
+    for pos, lab in enumerate(labs):
+        if runs and runs[-1][2] == lab:
+            runs[-1][1] = pos
+        else:
+            runs.append([pos, pos, lab])
+    changed = True
+    while changed and len(runs) > 1:
+        changed = False
+        for k, (a, b, _lab) in enumerate(runs):
+            if b - a + 1 < min_run:
+                if k > 0:
+                    runs[k - 1][1] = b
+                else:
+                    runs[1][0] = a
+                del runs[k]
+                changed = True
+                break
+        merged: list[list[Any]] = []
+        for r in runs:
+            if merged and merged[-1][2] == r[2]:
+                merged[-1][1] = r[1]
+            else:
+                merged.append(r)
+        runs = merged
+    last = (int(n_slices) - 1) if n_slices is not None else idx[-1]
+    out = []
+    for k, (a, _b, lab) in enumerate(runs):
+        first = 0 if k == 0 else idx[a]
+        end = last if k == len(runs) - 1 else idx[runs[k + 1][0]] - 1
+        out.append(((first, max(first, end)), lab))
+    return out
+
+
+def slice_probabilities(
+    slices: np.ndarray, encoder: Any, probe: RegionProbe, tta: bool = False
+) -> np.ndarray:
+    """Probe probabilities ``(N, n_classes)`` of model-ready slices ``(N, H, W)``.
+
+    With ``tta`` the probabilities of each slice and of its left-right mirror are averaged.
+    """
+    from scanqc.models.encoder import embed_slices
+
+    p = probe.predict_proba(embed_slices(encoder, slices))
+    if tta:
+        p = 0.5 * (p + probe.predict_proba(embed_slices(encoder, slices[:, :, ::-1].copy())))
+    return p
+
+
+def _header_warnings(
+    scan: Scan, region: str, confidence: float, per_slice_conf: list[tuple[str, float]],
+    min_confidence: float,
+) -> list[ScanWarning]:
+    if region not in HEADER_COMPARABLE:
+        return []
+    warns = region_header_mismatch(scan, region, confidence, min_confidence=min_confidence)
+    if not warns:
+        return []
+    # a volume agrees with its header when any confidently covered part agrees
+    for reg, conf in per_slice_conf:
+        if reg in HEADER_COMPARABLE and conf >= min_confidence and reg != region and \
+                not region_header_mismatch(scan, reg, 1.0, min_confidence=0.0):
+            return []
+    return warns
+
+
+def predict_region(
+    scan: Scan,
+    encoder: Any = None,
+    probe: RegionProbe | None = None,
+    *,
+    max_slices: int = 64,
+    min_confidence: float = 0.7,
+    tta: bool = False,
+    device: Any = "auto",
+) -> RegionPrediction:
+    """Predict the anatomical region of a scan and compare it with the header.
+
+    Args:
+        scan: The scan.
+        encoder: Slice encoder; default: the bundled one.
+        probe: Region probe; default: the bundled ``resources/models/region``.
+        max_slices: Classify at most this many evenly spaced slices of a volume.
+        min_confidence: A header mismatch is reported only from this confidence.
+        tta: Average with the left-right mirrored slices.
+        device: Device for the bundled encoder.
+
+    Raises:
+        scanqc.models.weights.ModelLoadError: bundled weights missing or corrupt.
+    """
+    from scanqc.models.encoder import load_encoder
+    from scanqc.models.preprocess import DEFAULT_SIZE, scan_to_slices
+    from scanqc.models.region_probe import load_bundled_probe
+
+    if encoder is None:
+        encoder = load_encoder("encoder", device)
+    if probe is None:
+        probe = load_bundled_probe()
+    slices, idx = scan_to_slices(scan, size=DEFAULT_SIZE, max_slices=max_slices)
+    p = slice_probabilities(slices, encoder, probe, tta=tta)
+    classes = list(probe.classes)
+    mean = p.mean(axis=0)
+    top = int(mean.argmax())
+    conf = float(mean[top])
+    region = classes[top] if conf >= probe.threshold else UNKNOWN
+    s_top = p.argmax(axis=1)
+    s_conf = p[np.arange(len(p)), s_top]
+    s_lab = [classes[t] if c >= probe.threshold else UNKNOWN
+             for t, c in zip(s_top, s_conf, strict=True)]
+    n = int(scan.spatial_shape[0]) if scan.is_volume else 1
+    per_slice = slice_ranges(idx, s_lab, n_slices=n) if scan.is_volume else [((0, 0), region)]
+    # confidence of each covered region: its mean probability over its slices
+    per_conf = []
+    for (a, b), reg in per_slice:
+        if reg == UNKNOWN:
+            continue
+        sel = (idx >= a) & (idx <= b)
+        per_conf.append((reg, float(p[sel, classes.index(reg)].mean()) if sel.any() else 0.0))
+    hdr = header_regions(scan)
+    warns = [] if region == UNKNOWN else _header_warnings(scan, region, conf, per_conf,
+                                                          min_confidence)
+    return RegionPrediction(
+        region=region, confidence=conf,
+        probs={c: float(v) for c, v in zip(classes, mean, strict=True)},
+        per_slice=per_slice, header_region="/".join(sorted(hdr)), mismatch=bool(warns),
+        warnings=warns,
+    )
+
+
+@dataclass(frozen=True)
+class RegionIssue:
+    """One row of :func:`rank_region_issues`: a given label and how much to doubt it."""
+
+    index: int
+    label: str
+    predicted: str
+    quality: float
+
+
+def rank_region_issues(
+    labels: Sequence[str] | Sequence[int], pred_probs: np.ndarray,
+    classes: Sequence[str] | None = None, method: str = "self_confidence",
+) -> list[RegionIssue]:
+    """Rank labelled scans by label quality (lowest first) with cleanlab.
+
+    Uses :func:`cleanlab.rank.get_label_quality_scores` (self-confidence by default: the
+    predicted probability of the given label). Rows whose label is not one of ``classes``
+    are left out.
+
+    Args:
+        labels: Given label of each scan: a class name, or a column index when
+            ``classes`` is None.
+        pred_probs: ``(N, n_classes)`` out-of-sample predicted probabilities.
+        classes: Class names of the columns of ``pred_probs`` (default: ``"0"``, ``"1"``
+            ...; labels are then column indices).
+        method: cleanlab scoring method (``self_confidence``, ``normalized_margin``,
+            ``confidence_weighted_entropy``).
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    cls = [str(c) for c in classes] if classes is not None else \
+        [str(i) for i in range(probs.shape[1])]
+    index = {c: i for i, c in enumerate(cls)}
+    rows = [i for i, lab in enumerate(labels) if str(lab) in index]
+    if not rows:
+        return []
+    y = np.array([index[str(labels[i])] for i in rows], dtype=np.int64)
+    sub = probs[rows]
+    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
+    scores = get_label_quality_scores(y, sub, method=method)
+    order = np.argsort(scores, kind="stable")
+    return [RegionIssue(rows[k], str(labels[rows[k]]), cls[int(sub[k].argmax())],
+                        float(scores[k])) for k in order]

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from batch import (
+    CALLS,
+    by_id,
+    config,
+    counting_prepare,
+    crashy_prepare,
+    make_dataset,
+    write_volume,
+)
+from scanqc.batch.cache import ResultCache
+from scanqc.batch.columns import COLUMNS
+from scanqc.batch.engine import score, score_all
+from scanqc.io.scan import ScanEntry
+from scanqc.progress import Cancelled, CancelToken
+
+
+def _close(a, b, tol=1e-4):
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol) or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def test_every_file_gets_a_row_and_corrupt_file_is_an_error(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=2)
+    rows = score_all([root], config=config())
+    assert len(rows) == 6
+    for r in rows:
+        assert set(COLUMNS) <= set(r)
+    bad = [r for r in rows if r["path"] == "broken.nii.gz"]
+    assert len(bad) == 1 and bad[0]["status"] == "error"
+    assert bad[0]["error"].startswith("broken.nii.gz: ") and "\n" not in bad[0]["error"]
+    assert str(tmp_path) not in bad[0]["error"]  # no absolute paths in the report
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 5
+    assert {r["path"] for r in ok} >= {"sub/vol0.nii.gz", "img0.png"}
+    for r in ok:
+        assert 0.0 <= r["bad_score"] <= 1.0
+        assert r["reference_set_id"] == "knn" and r["model"] and r["model_version"]
+        assert r["shape"]
+
+
+def test_fallback_streams_errors_before_scores(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=0)
+    order = [r["status"] for r in score([root], config=config())]
+    assert order[0] == "error" and order.count("ok") == 3
+
+
+def test_skipped_entry_gets_skipped_row(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=0, corrupt=False)
+    from scanqc.io.discover import discover
+
+    entries = discover([root], root=root)
+    sr = ScanEntry(scan_id="sr0", paths=(str(root / "report.dcm"),), kind="image",
+                   format="dicom", status="skipped", error="structured report, not an image")
+    rows = by_id(score_all([*entries, sr], config=config(root=str(root))))
+    assert rows["sr0"]["status"] == "skipped"
+    assert "structured report" in rows["sr0"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2
+
+
+def test_references_score_odd_scans_higher(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=5, n_img=0, corrupt=False, odd=1)
+    write_volume(root / "stripes.nii.gz", 7, kind="stripes")
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(3)]
+    rows = score_all([root], references=refs, config=config())
+    assert len(rows) == 7
+    by_path = {r["path"]: r for r in rows}
+    normal = [by_path[f"sub/vol{i}.nii.gz"]["mean_distance"] for i in (3, 4)]
+    odd = [by_path["odd0.nii.gz"]["mean_distance"], by_path["stripes.nii.gz"]["mean_distance"]]
+    assert min(odd) > max(normal)
+    assert by_path["odd0.nii.gz"]["bad_score"] > by_path["sub/vol3.nii.gz"]["bad_score"]
+    thr = {r["threshold"] for r in rows}
+    assert len(thr) == 1  # one threshold from the reference spread
+    ids = {r["reference_set_id"] for r in rows}
+    assert len(ids) == 1 and "knn" not in ids
+    for r in rows:
+        assert r["min_distance"] <= r["mean_distance"] + 1e-9
+        assert len(r["worst_slices"].split(";")) == 3
+    # a reference given by scan id selects the same set
+    sid = [by_path[f"sub/vol{i}.nii.gz"]["scan_id"] for i in range(3)]
+    rows2 = by_id(score_all([root], references=sid, config=config()))
+    for r in rows:
+        assert _close(rows2[r["scan_id"]]["bad_score"], r["bad_score"])
+
+
+def test_references_errors(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=0)
+    with pytest.raises(ValueError, match="no such scan id or file"):
+        score_all([root], references=["nope-not-there"], config=config())
+    with pytest.raises(ValueError, match="at least 2 readable"):
+        score_all([root], references=[str(root / "broken.nii.gz"),
+                                      str(root / "sub" / "vol0.nii.gz")], config=config())
+
+
+def test_cancel_stops_the_run(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=1)
+    token = CancelToken()
+    got = []
+    with pytest.raises(Cancelled):
+        for row in score([root], config=config(), cancel=token):
+            got.append(row)
+            token.cancel()
+    assert len(got) == 1
+
+
+def test_progress_reports_total(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=1)
+    seen = []
+    score_all([root], config=config(), progress=lambda d, t, m: seen.append((d, t)))
+    assert seen[-1][0] == 4 and {t for _d, t in seen if t} == {4}
+
+
+def test_resume_scores_each_scan_exactly_once(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=5, n_img=3)
+    refs = [str(write_volume(tmp_path / f"ref{i}.nii.gz", 50 + i)) for i in range(2)]
+    cache = ResultCache(tmp_path / "c.sqlite", commit_every=1)
+    CALLS.clear()
+    first = []
+    for row in score([root], references=refs, config=config(), cache=cache,
+                     prepare=counting_prepare):
+        first.append(row)
+        if len(first) == 4:
+            break  # like a kill after 4 rows
+    second = score_all([root], references=refs, config=config(resume=True), cache=cache,
+                       prepare=counting_prepare)
+    assert len(second) == 9 and len(by_id(second)) == 9
+    assert {r["scan_id"] for r in first} <= {r["scan_id"] for r in second}
+    assert all(r.get("_cached") for r in second if r["scan_id"] in
+               {f["scan_id"] for f in first if f["status"] == "ok"})
+    read = [c for c in CALLS if not c.startswith(str(tmp_path / "ref"))]
+    # each of the 8 readable scans was read exactly once over the two runs
+    assert sorted(read) == sorted(set(read)) and len(read) == 8
+    CALLS.clear()
+    third = score_all([root], references=refs, config=config(resume=True), cache=cache,
+                      prepare=counting_prepare)
+    assert all(c.startswith(str(tmp_path / "ref")) for c in CALLS)
+    assert all(r.get("_cached") for r in third if r["path"] != "broken.nii.gz")
+    a, b = by_id(second), by_id(third)
+    for sid in a:
+        assert _close(a[sid]["bad_score"], b[sid]["bad_score"])
+
+
+def test_resume_without_references_rescores_with_cached_vectors(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=2, corrupt=False)
+    cache = ResultCache(tmp_path / "c.sqlite", commit_every=1)
+    a = by_id(score_all([root], config=config(), cache=cache))
+    b = by_id(score_all([root], config=config(resume=True), cache=cache))
+    assert all(r.get("_cached") for r in b.values())
+    for sid in a:
+        assert _close(a[sid]["bad_score"], b[sid]["bad_score"])
+
+
+def test_cache_misses_when_file_changes(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=0, corrupt=False)
+    cache = ResultCache(tmp_path / "c.sqlite")
+    score_all([root], config=config(), cache=cache)
+    write_volume(root / "sub" / "vol0.nii.gz", 99, kind="noise")
+    rows = by_id(score_all([root], config=config(resume=True), cache=cache))
+    changed = [r for r in rows.values() if r["path"] == "sub/vol0.nii.gz"][0]
+    assert not changed.get("_cached")
+    assert all(r.get("_cached") for r in rows.values() if r is not changed)
+
+
+@pytest.mark.slow
+def test_worker_counts_give_same_results_and_survive_crash(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=2)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(2)]
+    r0 = by_id(score_all([root], references=refs, config=config(workers=0)))
+    shutil.copy(root / "img0.png", root / "crash_me.png")
+    r1 = by_id(score_all([root], references=refs, config=config(workers=1),
+                         prepare=crashy_prepare))
+    r2 = by_id(score_all([root], references=refs, config=config(workers=2, queue_size=4),
+                         prepare=crashy_prepare))
+    for rows in (r1, r2):
+        crash = [r for r in rows.values() if r["path"] == "crash_me.png"]
+        assert len(crash) == 1 and crash[0]["status"] == "error"
+        assert "worker process died" in crash[0]["error"]
+        assert len(rows) == len(r0) + 1
+        for sid, ref in r0.items():
+            for col in COLUMNS:
+                assert _close(rows[sid][col], ref[col]), (col, rows[sid][col], ref[col])
+
+
+@pytest.mark.slow
+def test_hung_scan_times_out(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=1, corrupt=False)
+    shutil.copy(root / "img0.png", root / "hang.png")
+    rows = score_all([root], config=config(workers=2, timeout=3), prepare=crashy_prepare)
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["hang.png"]["status"] == "error"
+    assert "timed out" in by_path["hang.png"]["error"]
+    assert sum(r["status"] == "ok" for r in rows) == 3
+    assert np.isfinite([by_path["img0.png"]["bad_score"]]).all()
+
+
+@pytest.mark.slow
+def test_finetune_on_references(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, corrupt=False, odd=1)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(3)]
+    plain = by_id(score_all([root], references=refs, config=config()))
+    tuned = by_id(score_all([root], references=refs,
+                            config=config(finetune=True, finetune_epochs=5)))
+    assert set(plain) == set(tuned)
+    for sid, r in tuned.items():
+        assert "+ft" in r["model_version"] and "+ft" not in plain[sid]["model_version"]
+        assert r["reference_set_id"] != plain[sid]["reference_set_id"]
+    odd = [r for r in tuned.values() if r["path"] == "odd0.nii.gz"][0]
+    normal = [r for r in tuned.values() if r["path"] == "sub/vol3.nii.gz"][0]
+    assert odd["mean_distance"] > normal["mean_distance"]
+
+
+def test_missing_model_fails_before_reading(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=1, n_img=0)
+    CALLS.clear()
+    with pytest.raises(ValueError, match="cannot load model 'no-such-model'"):
+        score_all([root], config=config(encoder=None, model_name="no-such-model"),
+                  prepare=counting_prepare)
+    assert CALLS == []

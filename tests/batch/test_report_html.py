@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import base64
+import re
+
+from batch import make_dataset, write_png
+from scanqc.batch.report_html import write_html_report
+
+
+def _rows(root):
+    evil = root / "<script>alert(1)</script>"
+    evil.mkdir(parents=True)
+    write_png(evil / "a&b.png", 1)
+    return [
+        {"scan_id": "s1", "path": "<script>alert(1)</script>/a&b.png", "name": "<b>x</b>",
+         "kind": "image", "format": "image", "status": "ok", "bad_score": 0.9,
+         "flagged": True, "mean_distance": 0.8, "threshold": 0.5,
+         "warnings": "blurry", "warnings_detail": "blurry (warn): <img src=x onerror=1>",
+         "region": "chest", "reference_set_id": "abc"},
+        {"scan_id": "s2", "path": "sub/vol0.nii.gz", "name": "vol0", "kind": "volume",
+         "format": "nifti", "status": "ok", "bad_score": 0.1, "flagged": False,
+         "mean_distance": 0.2, "threshold": 0.5, "reference_set_id": "abc"},
+        {"scan_id": "s3", "path": "broken.nii.gz", "name": "broken", "status": "error",
+         "error": "broken.nii.gz: cannot read \"header\" <eof>"},
+    ]
+
+
+def test_html_escapes_everything_and_embeds_images(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=1, n_img=0)
+    out = write_html_report(_rows(root), tmp_path / "rep" / "r.html", root=str(root))
+    text = out.read_text()
+    assert "<script>" not in text and "<b>x</b>" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&lt;eof&gt;" in text
+    # summary counts, one histogram and a thumbnail for the flagged scan, all inline
+    assert re.search(r"<b>3</b> scans", text) and re.search(r"<b>1</b> flagged", text)
+    imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(imgs) >= 2
+    assert all(base64.b64decode(b)[:4] == b"\x89PNG" for b in imgs)
+    assert "http" not in text.replace("http-equiv", "")  # self-contained
+    # flagged first; links relative to the report folder, URL-quoted
+    assert text.index("a&amp;b.png") < text.index("vol0")
+    assert "href='../ds/%3Cscript%3Ealert%281%29%3C/script%3E/a%26b.png'" in text
+
+
+def test_html_without_distances_uses_scores(tmp_path):
+    rows = [{"scan_id": f"s{i}", "path": f"p{i}", "status": "ok", "bad_score": i / 10,
+             "flagged": i > 7} for i in range(10)]
+    out = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False)
+    assert "<b>2</b> flagged" in out.read_text()

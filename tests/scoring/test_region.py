@@ -1,0 +1,190 @@
+"""Region prediction per scan: slice ranges, header mismatch, cleanlab ranking, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scanqc.io.scan import Scan
+from scanqc.scoring.region import rank_region_issues, slice_ranges
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_encoder():
+    from scanqc.models.encoder import SliceEncoder
+
+    torch.manual_seed(0)
+    return SliceEncoder(widths=(4, 8, 8), deep_stages=1).eval()
+
+
+def _fixed_probe(in_dim, region="chest", logit=5.0):
+    """A probe that ignores its input and answers ``region`` (softmax of the biases)."""
+    from scanqc.models.region_probe import RegionProbe
+
+    probe = RegionProbe(in_dim, threshold=0.5)
+    with torch.no_grad():
+        probe.head.weight.zero_()
+        probe.head.bias.zero_()
+        probe.head.bias[probe.classes.index(region)] = logit
+    return probe
+
+
+def _image(header=None):
+    rng = np.random.default_rng(0)
+    return Scan(rng.random((48, 40)).astype(np.float32), (1.0, 1.0), np.eye(4), "image",
+                modality="CR", metadata=dict(header or {}), name="x.png")
+
+
+# ----------------------------------------------------------------- slice ranges
+
+
+def test_slice_ranges_ordered_and_cover_all():
+    idx = np.arange(0, 100, 10)
+    labs = ["chest"] * 3 + ["abdomen"] * 4 + ["pelvis"] * 3
+    out = slice_ranges(idx, labs, n_slices=100)
+    assert [r for _, r in out] == ["chest", "abdomen", "pelvis"]
+    assert out[0][0] == (0, 29) and out[1][0] == (30, 69) and out[2][0] == (70, 99)
+
+
+def test_slice_ranges_smooth_single_outliers_and_short_runs():
+    labs = ["head"] * 5 + ["chest"] + ["head"] * 2 + ["neck"] * 6
+    out = slice_ranges(range(len(labs)), labs, n_slices=len(labs))
+    assert [r for _, r in out] == ["head", "neck"]
+    assert out[0][0][0] == 0 and out[-1][0][1] == len(labs) - 1
+    # contiguous
+    assert all(out[k][0][1] + 1 == out[k + 1][0][0] for k in range(len(out) - 1))
+    # unsorted input is sorted; a one-slice scan gives one range
+    assert slice_ranges([5], ["head"], n_slices=12) == [((0, 11), "head")]
+    assert slice_ranges([], []) == []
+
+
+# ----------------------------------------------------------------- predict_region
+
+
+def test_mismatch_only_when_confident_and_header_disagrees():
+    from scanqc.scoring.region import predict_region
+
+    enc = _tiny_encoder()
+    sure = _fixed_probe(enc.embed_dim, "chest", 5.0)  # p ~ 0.94
+    pred = predict_region(_image({"BodyPartExamined": "KNEE"}), enc, sure)
+    assert pred.region == "chest" and pred.confidence > 0.9
+    assert pred.mismatch and pred.header_region == "lower limb"
+    assert pred.warnings[0].code == "region_header_mismatch"
+    assert pred.per_slice == [((0, 0), "chest")]
+    # header agrees, or says nothing: no warning
+    assert not predict_region(_image({"BodyPartExamined": "CHEST"}), enc, sure).mismatch
+    assert not predict_region(_image({}), enc, sure).mismatch
+    # low confidence: unknown and no warning
+    unsure = _fixed_probe(enc.embed_dim, "chest", 1.0)  # p ~ 0.21
+    pred = predict_region(_image({"BodyPartExamined": "KNEE"}), enc, unsure)
+    assert pred.region == "unknown" and not pred.mismatch and not pred.warnings
+    cols = pred.columns()
+    assert set(cols) >= {"region", "region_confidence", "region_coverage", "header_region",
+                         "region_mismatch"}
+
+
+def test_volume_per_slice_covers_every_slice():
+    from scanqc.scoring.region import predict_region
+
+    enc = _tiny_encoder()
+    vol = np.random.default_rng(1).random((30, 32, 32)).astype(np.float32)
+    scan = Scan(vol, (2.0, 1.0, 1.0), np.eye(4), "volume", modality="CT",
+                metadata={"StudyDescription": "CT ABDOMEN"})
+    pred = predict_region(scan, enc, _fixed_probe(enc.embed_dim, "abdomen", 6.0),
+                          max_slices=10)
+    assert pred.region == "abdomen" and not pred.mismatch
+    assert pred.per_slice == [((0, 29), "abdomen")] and pred.coverage == ["abdomen"]
+    assert abs(sum(pred.probs.values()) - 1) < 1e-5
+
+
+def test_volume_agrees_when_a_covered_part_matches_header():
+    from scanqc.scoring.region import _header_warnings
+
+    scan = Scan(np.zeros((4, 4, 4)), (1, 1, 1), np.eye(4), "volume",
+                metadata={"BodyPartExamined": "PELVIS"})
+    assert _header_warnings(scan, "chest", 0.95, [("chest", 0.95)], 0.7)
+    assert not _header_warnings(scan, "chest", 0.95, [("chest", 0.95), ("pelvis", 0.9)], 0.7)
+    # a user class never gives a header mismatch
+    assert not _header_warnings(scan, "hip_implant", 0.99, [], 0.7)
+
+
+# ----------------------------------------------------------------- cleanlab ranking
+
+
+def test_rank_region_issues_puts_wrong_label_first():
+    classes = ["head", "chest", "upper_limb"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9],
+                      [0.85, 0.1, 0.05], [0.2, 0.7, 0.1]])
+    labels = ["head", "chest", "upper_limb", "upper_limb", "chest"]  # row 3 is mislabelled
+    issues = rank_region_issues(labels, probs, classes)
+    assert issues[0].index == 3 and issues[0].predicted == "head"
+    assert issues[0].quality < issues[-1].quality
+    assert [i.index for i in rank_region_issues(["x", "head"], probs[:2], classes)] == [1]
+    by_index = rank_region_issues([0, 1, 2, 2, 1], probs)  # integer labels, no names
+    assert by_index[0].index == 3 and by_index[0].predicted == "0"
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def test_cli_region_predict_tiny_file(tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    from scanqc.cli.main import main
+    from scanqc.models.region_probe import save_probe
+    from scanqc.models.weights import save_model
+
+    enc = _tiny_encoder()
+    save_model(enc, tmp_path / "enc", {"name": "encoder", "architecture": {
+        "class": "SliceEncoder", "kwargs": enc.config}})
+    save_probe(_fixed_probe(enc.embed_dim, "head", 6.0), tmp_path / "probe")
+    vol = np.random.default_rng(2).random((16, 20, 12)).astype(np.float32) * 100
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "tiny.nii.gz")
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    rc = main(["region", "predict", str(tmp_path / "tiny.nii.gz"), str(tmp_path / "broken.nii.gz"),
+               "--encoder", str(tmp_path / "enc"), "--probe", str(tmp_path / "probe"),
+               "--json"])
+    out = capsys.readouterr()
+    assert rc == 0
+    rows = [json.loads(line) for line in out.out.splitlines() if line.strip()]
+    assert len(rows) == 1 and rows[0]["region"] == "head"
+    assert rows[0]["region_coverage"].startswith("head 0-")
+    assert "broken.nii.gz" in out.err and len(out.err.strip().splitlines()) == 1
+    # missing probe: one-line error, exit code 2
+    rc = main(["region", "predict", str(tmp_path / "tiny.nii.gz"), "--encoder",
+               str(tmp_path / "enc"), "--probe", str(tmp_path / "nothing")])
+    assert rc == 2 and "metadata" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- shipped weights
+
+
+def test_bundled_probe_matches_bundled_encoder_and_sample_data():
+    from scanqc.io.load import load_scan
+    from scanqc.models.registry import model_dir
+    from scanqc.models.weights import read_metadata, sha256_file
+    from scanqc.scoring.region import predict_region
+
+    probe_dir, enc_dir = model_dir("region"), model_dir("encoder")
+    if not (probe_dir / "model.safetensors").is_file() or \
+            not (enc_dir / "model.safetensors").is_file():
+        pytest.skip("bundled region probe or encoder not built")
+    meta = read_metadata(probe_dir)
+    # the probe was trained on exactly the shipped encoder (retrain it after the encoder)
+    assert meta["encoder"]["sha256"] == sha256_file(enc_dir / "model.safetensors")
+    assert all(f["licence"] in ("MIT", "BSD-2-Clause", "Apache-2.0", "CC BY 4.0",
+                                "MNI152 permission notice") for f in meta["training_files"])
+    # both sample images derive from training files: a sanity check, not an evaluation
+    samples = model_dir("encoder").parents[1] / "sample_data"
+    assert predict_region(load_scan(samples / "chest_xr.png")).region == "chest"
+    assert predict_region(load_scan(samples / "wrist_xr.png")).region == "upper_limb"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch import make_dataset, tiny_encoder
+from scanqc.batch.output import read_report
+from scanqc.cli.main import main
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    model = tiny_encoder()
+    monkeypatch.setattr("scanqc.models.encoder.load_encoder",
+                        lambda name="encoder", device="auto": model)
+    return model
+
+
+def _refs(tmp_path, root):
+    f = tmp_path / "refs.txt"
+    f.write_text("# known good\nds/sub/vol0.nii.gz\n\nds/sub/vol1.nii.gz  # second\n")
+    return f
+
+
+def test_score_end_to_end_csv_and_html(tmp_path, tiny_model, capsys):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=2, odd=1)
+    out, html = tmp_path / "out" / "report.csv", tmp_path / "out" / "report.html"
+    rc = main(["score", str(root), "--references", str(_refs(tmp_path, root)), "--out",
+               str(out), "--html", str(html), "--workers", "0", "--max-slices", "4",
+               "--no-progress"])
+    assert rc == 0
+    rows = read_report(out)
+    assert len(rows) == 8
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["broken.nii.gz"]["status"] == "error"
+    assert by_path["odd0.nii.gz"]["flagged"] is True
+    assert by_path["odd0.nii.gz"]["bad_score"] > by_path["sub/vol2.nii.gz"]["bad_score"]
+    err = capsys.readouterr().err
+    assert "8 scanned" in err and "1 errors" in err and "flagged" in err
+    assert html.is_file() and "odd0.nii.gz" in html.read_text()
+    assert (tmp_path / "out" / "report.csv.cache.sqlite").is_file()
+    # a second run with --resume reads nothing new and keeps one row per scan
+    rc = main(["score", str(root), "--references", str(_refs(tmp_path, root)), "--out",
+               str(out), "--workers", "0", "--max-slices", "4", "--no-progress", "--resume"])
+    assert rc == 0
+    assert "(7 from the resume cache)" in capsys.readouterr().err
+    assert len(read_report(out)) == 8
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_score_formats_without_references(tmp_path, tiny_model, fmt):
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=1)
+    out = tmp_path / f"r.{fmt}"
+    rc = main(["score", str(root), "--out", str(out), "--format", fmt, "--workers", "0",
+               "--max-slices", "4", "--no-progress", "--no-cache"])
+    assert rc == 0
+    rows = read_report(out, fmt)
+    assert len(rows) == 5
+    assert all(r["reference_set_id"] == "knn" for r in rows if r["status"] == "ok")
+    if fmt == "json":
+        first = json.loads(out.read_text().splitlines()[0])
+        assert first["status"] == "error"  # errors stream before the kNN pass
+
+
+def test_ctrl_c_keeps_rows_and_returns_130(tmp_path, tiny_model, monkeypatch, capsys):
+    from scanqc.batch import output
+
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=1, corrupt=False)
+    real_write = output.ReportWriter.write
+    count = {"n": 0}
+
+    def write(self, row):
+        if count["n"] == 2:
+            raise KeyboardInterrupt
+        count["n"] += 1
+        return real_write(self, row)
+
+    monkeypatch.setattr(output.ReportWriter, "write", write)
+    out = tmp_path / "r.csv"
+    refs = [str(root / "sub" / "vol0.nii.gz"), str(root / "sub" / "vol1.nii.gz")]
+    (tmp_path / "refs.txt").write_text("\n".join(refs))
+    args = ["score", str(root), "--references", str(tmp_path / "refs.txt"), "--out",
+            str(out), "--workers", "0", "--max-slices", "4", "--no-progress"]
+    assert main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(read_report(out)) == 2
+    monkeypatch.setattr(output.ReportWriter, "write", real_write)
+    assert main([*args, "--resume"]) == 0
+    assert len({r["scan_id"] for r in read_report(out)}) == len(read_report(out)) == 5
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, tiny_model, capsys):
+    assert main(["score", str(tmp_path / "missing"), "--out", str(tmp_path / "r.csv")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=0)
+    empty = tmp_path / "refs.txt"
+    empty.write_text("# nothing\n")
+    rc = main(["score", str(root), "--references", str(empty), "--out", str(tmp_path / "r.csv")])
+    assert rc == 1 and "reference list is empty" in capsys.readouterr().err
