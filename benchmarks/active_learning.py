@@ -7,14 +7,20 @@ bundled encoder (``resources/models/encoder``); when no bundled weights exist ye
 seeded randomly initialised :class:`~scanqc.models.encoder.SliceEncoder` is used and the
 output says so. Embeddings are cached in /tmp.
 
-Protocol per seed: a stratified held-out test set (30 %, split by patient/study group);
-the pool starts with ``--start`` labels drawn at random; each strategy then asks for
-``--step`` labels at a time (the oracle answers with the true region), the probe is
-retrained and its accuracy on the held-out set recorded, up to ``--max-labels``.
+Protocol per seed: a stratified held-out test set (one fold of three, split by
+patient/study group); the pool starts with ``--start`` labels drawn at random; each
+strategy then asks for ``--step`` labels at a time (the oracle answers with the true
+region), the probe is retrained and its accuracy on the held-out set recorded, up to
+``--max-labels``.
+
+Output: for each strategy the labels its mean curve needs to reach random order's mean
+accuracy at ``--target-at`` labels (default 50, 100 and 200 = random order's final
+accuracy, the headline), a paired seed-by-seed table for the last target, a plot (all
+strategies, and a zoom), the command and the machine with its load.
 
 Usage::
 
-    .venv/bin/python benchmarks/active_learning.py --seeds 5 \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/active_learning.py --seeds 10 \
         --plot docs/images/learning_curves.png --table /tmp/al_table.md
 """
 
@@ -34,19 +40,26 @@ DATA = ROOT.parent / "shared" / "data"
 STRATS = ("random", "examine", "entropy", "margin", "margin_diverse", "diversity")
 
 
-def encoder_tag() -> tuple[object, str]:
-    """The encoder to use and a tag describing it."""
+def encoder_tag(folder: Path | None = None) -> tuple[object, str]:
+    """The encoder to use (bundled, or the one in ``folder``) and a tag describing it."""
     import torch
 
     from scanqc.models.encoder import SliceEncoder, load_encoder
 
     try:
-        model = load_encoder("encoder", "cpu")
-        from scanqc.models.registry import model_dir
+        from scanqc.models.registry import load_model_dir, model_dir
         from scanqc.models.weights import read_metadata
 
-        sha = read_metadata(model_dir("encoder")).get("sha256", "")[:12]
-        return model, f"bundled-{sha}"
+        if folder is None:
+            model = load_encoder("encoder", "cpu")
+            meta = read_metadata(model_dir("encoder"))
+            kind = "bundled"
+        else:
+            model = load_model_dir(folder, "cpu")[0]
+            meta = read_metadata(folder)
+            kind = "dir"
+        epochs = (meta.get("training") or {}).get("epochs", "?")
+        return model, f"{kind}-{meta.get('sha256', '')[:12]}-{epochs}ep"
     except Exception as exc:  # noqa: BLE001 - fall back, and say so
         print(f"no bundled encoder ({' '.join(str(exc).split())[:120]}); using a seeded "
               "random SliceEncoder", file=sys.stderr)
@@ -55,7 +68,8 @@ def encoder_tag() -> tuple[object, str]:
         return model, "random-init-seed0"
 
 
-def load_embeddings(data: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def load_embeddings(data: Path, cache_dir: Path, folder: Path | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Embeddings, region labels and group ids of the region-labelled scans (cached)."""
     import torch
 
@@ -64,7 +78,7 @@ def load_embeddings(data: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray
     from scanqc.models.training_data import read_scan
 
     torch.set_num_threads(1)
-    model, tag = encoder_tag()
+    model, tag = encoder_tag(folder)
     samples = region_samples(data, permissive_only=False)
     key = hashlib.sha1((tag + "|" + "|".join(s.path for s in samples)).encode()).hexdigest()[:10]
     cache = cache_dir / f"scanqc_al_emb_{tag}_{key}.npz"
@@ -142,6 +156,80 @@ def labels_to_reach(curve_n: np.ndarray, curve_acc: np.ndarray, target: float) -
     return float("nan")
 
 
+def paired_savings(curves: dict[str, list[list[tuple[int, float]]]], at: int
+                   ) -> dict[str, list[float]]:
+    """Per seed: saving (%) in labels to reach that seed's random-order accuracy at ``at``.
+
+    The saving is ``1 - need / need_random`` with ``need_random`` the labels random order
+    itself first reached the target with (its curve can cross before ``at``); NaN when the
+    strategy never reaches it within the budget.
+    """
+    out: dict[str, list[float]] = {}
+    rnd = curves["random"]
+    for s, runs in curves.items():
+        vals = []
+        for seed, run in enumerate(runs):
+            rn = np.array([n for n, _ in rnd[seed]])
+            ra = np.array([a for _, a in rnd[seed]])
+            target = float(ra[rn == at][0]) if at in rn else float(ra[-1])
+            need_r = labels_to_reach(rn, ra, target)
+            need = labels_to_reach(np.array([n for n, _ in run]),
+                                   np.array([a for _, a in run]), target)
+            vals.append(100.0 * (1 - need / need_r) if np.isfinite(need) else float("nan"))
+        out[s] = vals
+    return out
+
+
+def machine_facts(seconds: float) -> str:
+    """Command, machine and load, for the record."""
+    import os
+    import platform
+
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"Command: `{' '.join([Path(sys.executable).name] + sys.argv)}`  \n"
+            f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; curves took {seconds:.0f} s wall "
+            f"({time.process_time():.0f} s CPU of this process); load average at the end "
+            f"{load}\n")
+
+
+def plot(summary: dict[str, dict[str, list[float]]], strategies: list[str], target: float,
+         at: int, seeds: int, tag: str, path: Path) -> None:
+    """Learning curves, mean ± sd over seeds: all strategies, and a zoom on the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), dpi=110)
+    for k, ax in enumerate(axes):
+        for s in strategies:
+            n = np.array(summary[s]["n"])
+            m, sd = np.array(summary[s]["mean"]), np.array(summary[s]["std"])
+            ax.plot(n, m, label=s, lw=2 if s == "random" else 1.4,
+                    ls="--" if s == "random" else "-")
+            ax.fill_between(n, m - sd, m + sd, alpha=0.10)
+        ax.axhline(target, color="gray", lw=0.8, ls=":",
+                   label=f"random order at {at} labels ({target:.3f})")
+        ax.set_xlabel("number of labels")
+        ax.grid(alpha=0.3)
+        if k:
+            lo = min(float(np.array(summary[s]["mean"])[len(summary[s]["n"]) // 4])
+                     for s in strategies if s != "examine")
+            ax.set_ylim(max(0.0, lo - 0.05), min(1.0, target + 0.06))
+            ax.set_title("zoom", fontsize=9)
+        else:
+            ax.set_ylabel("held-out accuracy (region)")
+            ax.set_title(f"Simulated labelling, {seeds} seeds (mean ± sd), encoder {tag}",
+                         fontsize=9)
+            ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
@@ -149,17 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=10)
     p.add_argument("--step", type=int, default=10)
     p.add_argument("--max-labels", type=int, default=200)
-    p.add_argument("--target-at", type=int, nargs="+", default=[50, 100],
-                   help="labels at which random order's accuracy is a target (the last one "
-                        "is drawn in the plot)")
+    p.add_argument("--target-at", type=int, nargs="+", default=[50, 100, 200],
+                   help="labels at which random order's accuracy is a target; the last one "
+                        "(default: random order's final accuracy) is the headline, drawn in "
+                        "the plot and compared seed by seed")
     p.add_argument("--strategies", nargs="+", default=list(STRATS))
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--table", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp"))
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="encoder folder (metadata.json + model.safetensors; default: bundled)")
     args = p.parse_args(argv)
 
-    x, y, g, tag = load_embeddings(args.data, args.cache_dir)
+    x, y, g, tag = load_embeddings(args.data, args.cache_dir, args.model_dir)
     # rows without a patient/study id ("source:") are their own group, not one big group
     g = np.asarray([f"{v}#{i}" if str(v).endswith(":") else v for i, v in enumerate(g)])
     classes, counts = np.unique(y, return_counts=True)
@@ -192,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             + f" | accuracy at {int(rn[-1])} labels (mean ± sd) |\n|---|"
             + "---|" * len(targets) + "---|\n")
     body = ""
+    per_seed = paired_savings(curves, ats[-1])
     for s in args.strategies:
         cells = []
         for t in targets:
@@ -201,36 +293,30 @@ def main(argv: list[str] | None = None) -> int:
                          f"{need:.0f} ({100.0 * (1 - need / rn_need):+.0f} %)")
         body += (f"| {s} | " + " | ".join(cells)
                  + f" | {summary[s]['mean'][-1]:.3f} ± {summary[s]['std'][-1]:.3f} |\n")
-    print(head + body)
+    seed_tab = (f"\nSeed by seed (paired: same split and start): labels each strategy needs "
+                f"to reach *that seed's* random-order accuracy at {ats[-1]} labels, and the "
+                "saving against the labels random order itself first reached it with "
+                "('-': not reached within the budget)\n\n| strategy | saving per seed | "
+                "seeds reaching | median saving |\n|---|---|---|---|\n")
+    for s in args.strategies:
+        sav = per_seed[s]
+        ok = [v for v in sav if np.isfinite(v)]
+        med = float(np.median([v if np.isfinite(v) else -np.inf for v in sav]))
+        seed_tab += (f"| {s} | " + ", ".join("-" if not np.isfinite(v) else f"{v:+.0f} %"
+                                            for v in sav)
+                     + f" | {len(ok)}/{len(sav)} | "
+                     + ("not reached" if not np.isfinite(med) else f"{med:+.0f} %") + " |\n")
+    facts = machine_facts(time.perf_counter() - t0)
+    text = head + body + seed_tab + "\n" + facts
+    print(text)
     if args.table:
-        args.table.write_text(head + body)
+        args.table.write_text(text)
     if args.json:
         args.json.write_text(json.dumps({"encoder": tag, "targets": targets, "at": ats,
-                                         "summary": summary}, indent=1))
+                                         "summary": summary, "per_seed_saving": per_seed,
+                                         "curves": curves}, indent=1))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        for s in args.strategies:
-            n = np.array(summary[s]["n"])
-            m, sd = np.array(summary[s]["mean"]), np.array(summary[s]["std"])
-            ax.plot(n, m, label=s, lw=2 if s == "random" else 1.4,
-                    ls="--" if s == "random" else "-")
-            ax.fill_between(n, m - sd, m + sd, alpha=0.12)
-        ax.axhline(target, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel("number of labels")
-        ax.set_ylabel("held-out accuracy (region)")
-        ax.set_title(f"Simulated labelling, {args.seeds} seeds (mean ± sd), encoder {tag}",
-                     fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot)
-        print(f"wrote {args.plot}")
+        plot(summary, args.strategies, target, ats[-1], args.seeds, tag, args.plot)
     return 0
 
 

@@ -10,8 +10,10 @@ from it (seeded), the rest of the good pool as negatives, and positives made of
 (1) seeded corruptions (``scanqc.scoring.corruptions``) of held-out good scans,
 (2) real scans of other regions/modalities and (3) real bad files from ../shared/data.
 All items (references, negatives, positives) go through :func:`score_scans`, the path
-``scanqc score`` takes: read -> checks (``scanqc.scoring.checks.run_checks`` when present)
--> embedding -> :func:`scanqc.scoring.reference.score_against_references`.
+``scanqc score`` takes: read -> checks and quality metrics
+(``scanqc.scoring.checks.check_scan``) -> embedding (optionally through the fine-tuned
+reference head, ``--finetune``) -> :func:`scanqc.scoring.reference.score_against_references`
+with the check warnings and the image-quality distance to the references.
 
 Encoders: ``bundled`` = ``resources/models/encoder`` weights; ``random`` = randomly
 initialised ``SliceEncoder`` (seed 0); ``pixels`` = a fixed feature (every slice resized
@@ -156,12 +158,12 @@ def make_embedder(kind: str) -> tuple[Embedder, str]:
     raise ValueError(f"unknown encoder {kind!r}")
 
 
-def _checks() -> Callable[[Scan], list[ScanWarning]] | None:
+def _checks() -> Callable[[Scan], tuple[list[ScanWarning], dict]] | None:
     try:
-        from scanqc.scoring.checks import run_checks
+        from scanqc.scoring.checks import check_scan
     except ImportError:
         return None
-    return run_checks
+    return check_scan
 
 
 # --------------------------------------------------------------------------- scoring
@@ -172,22 +174,37 @@ def score_scans(
     statistic: str = "mean",
     use_checks: bool = True,
     finetune: bool = False,
-) -> tuple[list, np.ndarray, ReferenceSet, list | None]:
+    use_quality: bool = True,
+) -> tuple[list, np.ndarray, ReferenceSet, list | None, list | None]:
     """Score scans against references the way ``scanqc score`` does.
 
     With ``finetune`` (and an encoder-based ``embed``), a reference head is fitted with
     ``scanqc.models.siamese.fit_reference_model`` (Belton pull + FewSOME anchor) on the
-    references' slice embeddings, and every scan is re-embedded through it.
+    references' slice embeddings, and every scan is re-embedded through it. With
+    ``use_quality`` the references' and scans' quality metrics feed the image-quality
+    distance of :func:`score_against_references`.
 
     Returns:
         ``(ReferenceScore list, (N, D) embeddings, the ReferenceSet, warnings per scan or
-        None when the checks module is absent)``.
+        None when the checks module is absent, quality metrics per scan or None)``.
     """
     encoder = getattr(embed, "encoder", None)
     head = None
+    check_scan = _checks() if use_checks else None
+
+    def metrics(s: Scan) -> dict | None:
+        if check_scan is None:
+            return None
+        try:
+            return check_scan(s)[1]
+        except Exception:  # noqa: BLE001 - no metrics for this scan
+            return None
+
     if not isinstance(references, ReferenceSet):
+        ref_quality = [metrics(s) for s in references] if use_quality else None
         ref_emb = [embed(s) for s in references]
         info = {"embedding": getattr(embed, "__qualname__", "")}
+        score_scans.base_reference_vectors = np.stack([e[0] for e in ref_emb])
         if finetune and encoder is not None:
             from scanqc.models.siamese import fit_reference_model
 
@@ -198,20 +215,26 @@ def score_scans(
         references = ReferenceSet.from_embeddings(
             [s.scan_id for s in references], [e[0] for e in ref_emb],
             slice_embeddings=[e[1] for e in ref_emb], statistic=statistic, model=info,
+            quality=ref_quality,
         )
-    run_checks = _checks() if use_checks else None
-    emb = np.stack([embed(s)[0] if head is None else head.embed_scan(embed(s)[1])
-                    for s in scans])
-    warns = None
-    if run_checks is not None:
-        warns = []
+    base = [embed(s) for s in scans]
+    emb = np.stack([e[0] if head is None else head.embed_scan(e[1]) for e in base])
+    score_scans.base_vectors = np.stack([e[0] for e in base])  # for the kNN baseline
+    warns = quality = None
+    if check_scan is not None:
+        warns, quality = [], []
         for s in scans:
             try:
-                warns.append(list(s.warnings) + list(run_checks(s)))
+                w, m = check_scan(s)  # includes the reader warnings (scan.warnings)
+                warns.append(list(w))
+                quality.append(m)
             except Exception as exc:  # noqa: BLE001 - a check failure is itself a finding
                 warns.append([ScanWarning("check_failed", str(exc), "warn")])
-    return (score_against_references(emb, references, warnings=warns), emb, references,
-            warns)
+                quality.append(None)
+    if not use_quality:
+        quality = None
+    return (score_against_references(emb, references, warnings=warns, quality=quality), emb,
+            references, warns, quality)
 
 
 def score_paths(paths: Sequence[str], references: Sequence[str] | ReferenceSet, embed: Embedder,
@@ -387,18 +410,24 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc_score(y, s))
 
 
-def run_bench(b: Bench, embed: Embedder, statistic: str, finetune: bool = False) -> dict:
+def run_bench(b: Bench, embed: Embedder, statistic: str, finetune: bool = False,
+              use_quality: bool = True) -> dict:
     """Score one benchmark with scanqc and both baselines; return AUCs and details."""
     test = b.neg + [s for _, s in b.pos]
     y = np.r_[np.zeros(len(b.neg)), np.ones(len(b.pos))]
-    scores, emb, rs, warns = score_scans(test, b.refs, embed, statistic=statistic,
-                                         finetune=finetune)
+    t0 = time.perf_counter()
+    scores, emb, rs, warns, quality = score_scans(test, b.refs, embed, statistic=statistic,
+                                                  finetune=finetune, use_quality=use_quality)
+    seconds = time.perf_counter() - t0
     other = "min" if statistic == "mean" else "mean"
-    alt = score_against_references(emb, rs, statistic=other, warnings=warns)
+    alt = score_against_references(emb, rs, statistic=other, warnings=warns, quality=quality)
+    no_q = score_against_references(emb, rs, warnings=warns)
     combined = np.array([s.bad_score for s in scores])
     dist = np.array([s.distance for s in scores])
     flagged = np.array([s.flagged for s in scores])
-    knn = knn_fallback_scores(np.concatenate([rs.embeddings, emb]))[len(rs):]
+    # the fallback has no references, hence no fine-tuned head: base encoder vectors
+    knn = knn_fallback_scores(np.concatenate([score_scans.base_reference_vectors,
+                                              score_scans.base_vectors]))[len(rs):]
     iso = isolation_forest_scores(b.refs, test)
     cats = {}
     for c in sorted({c.split(":")[0] for c, _ in b.pos}):
@@ -407,39 +436,68 @@ def run_bench(b: Bench, embed: Embedder, statistic: str, finetune: bool = False)
     return {
         "name": b.name, "note": b.note, "n_refs": len(b.refs), "n_pos": len(b.pos),
         "n_neg": len(b.neg), "auc": _auc(y, combined), "auc_dist": _auc(y, dist),
+        "auc_noq": _auc(y, np.array([s.bad_score for s in no_q])),
         "auc_alt": _auc(y, np.array([s.bad_score for s in alt])), "alt": other,
+        "seconds": seconds,
         "auc_knn": _auc(y, knn), "auc_iso": _auc(y, iso),
         "sens": float(flagged[y == 1].mean()), "spec": float(1 - flagged[y == 0].mean()),
         "cats": cats,
     }
 
 
+def machine_facts() -> str:
+    """One line: CPU, cores, load, torch version."""
+    import os
+    import platform
+
+    import torch
+
+    try:
+        load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        load = "n/a"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, load average {load} at the end, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
+
+
 def to_markdown(results: list[dict], encoder: str, statistic: str, checks: bool,
-                command: str) -> str:
+                command: str, quality: bool = True) -> str:
     """Render the result tables."""
+    alt = "min" if statistic == "mean" else "mean"
     lines = [
         "# Bad-data ROC AUC benchmark", "",
         f"Command: `{command}`", "",
+        f"Machine: {machine_facts()}.", "",
         f"Embedding: {encoder}; statistic: {statistic}; checks combined: "
-        f"{'yes (scanqc.scoring.checks.run_checks)' if checks else 'no (checks module absent)'}.",
-        "AUC scanqc = the reported bad_score (distance combined with high-severity check "
-        "warnings); distance-only = the reference distance alone. kNN = unsupervised "
-        "fallback over the whole pool; IsolationForest = Belton's 6-bin histogram baseline "
-        "(windowed image in [0, 1]) fitted on the references. Sens/spec at the default "
-        "threshold (max pairwise reference distance).", "",
-        f"| benchmark | n_refs | n_pos | n_neg | AUC scanqc ({statistic}) | AUC distance-only "
-        f"| AUC scanqc ({'min' if statistic == 'mean' else 'mean'}) | AUC kNN fallback "
-        "| AUC IsolationForest | sens / spec |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"{'yes (scanqc.scoring.checks.check_scan)' if checks else 'no (checks module absent)'}"
+        f"; image-quality distance: {'yes' if quality and checks else 'no'}.",
+        "AUC scanqc = the reported bad_score: max(embedding distance score, image-quality "
+        "distance score), lifted by high-severity check warnings. Embedding + checks = the "
+        "same without the quality distance; distance-only = the embedding distance alone. "
+        "kNN = unsupervised fallback over the whole pool (base encoder vectors: the "
+        "fallback has no references, so no fine-tuned head); "
+        "IsolationForest = Belton's 6-bin histogram baseline (windowed image in [0, 1]) "
+        "fitted on the references. Sens/spec of `flagged` at the default thresholds.", "",
+        f"| benchmark | n_refs | n_pos | n_neg | AUC scanqc ({statistic}) | AUC embedding + "
+        f"checks | AUC distance-only | AUC scanqc ({alt}) | AUC kNN fallback "
+        "| AUC IsolationForest | sens / spec | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['name']} | {r['n_refs']} | {r['n_pos']} | {r['n_neg']} | {r['auc']:.3f} | "
-            f"{r['auc_dist']:.3f} | {r['auc_alt']:.3f} | {r['auc_knn']:.3f} | "
-            f"{r['auc_iso']:.3f} | "
-            f"{r['sens']:.2f} / {r['spec']:.2f} |"
+            f"{r['auc_noq']:.3f} | {r['auc_dist']:.3f} | {r['auc_alt']:.3f} | "
+            f"{r['auc_knn']:.3f} | {r['auc_iso']:.3f} | "
+            f"{r['sens']:.2f} / {r['spec']:.2f} | {r['seconds']:.0f} |"
         )
-    lines += ["", "Per positive category (vs. all negatives): n, AUC distance-only / scanqc",
+    lines += ["", "s = seconds to check, embed and score the benchmark (fine-tuning included).",
+              "", "Per positive category (vs. all negatives): n, AUC distance-only / scanqc",
               ""]
     for r in results:
         cats = "; ".join(f"{c} n={n} {a:.3f}/{b:.3f}" for c, (n, a, b) in r["cats"].items())
@@ -463,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default="")
     p.add_argument("--finetune", action="store_true",
                    help="fit the Siamese reference head (encoder embeddings only)")
+    p.add_argument("--no-quality", action="store_true",
+                   help="leave out the image-quality distance (ablation)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_auc.md"))
     a = p.parse_args(argv)
     t0 = time.time()
@@ -470,13 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = [s for s in a.only.split(",") if s]
     results = []
     for b in build_benchmarks(Path(a.data), a.seed, only):
-        results.append(run_bench(b, embed, a.statistic, a.finetune))
+        results.append(run_bench(b, embed, a.statistic, a.finetune, not a.no_quality))
         print(f"# {b.name}: done at {time.time() - t0:.0f} s", file=sys.stderr)
     cmd = "python benchmarks/bad_data_auc.py " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])
     if a.finetune and getattr(embed, "encoder", None) is not None:
         desc += " + Siamese reference head (fit_reference_model)"
-    md = to_markdown(results, desc, a.statistic, _checks() is not None, cmd.strip())
+    md = to_markdown(results, desc, a.statistic, _checks() is not None, cmd.strip(),
+                     not a.no_quality)
     print(md)
     if a.out:
         Path(a.out).write_text(md)

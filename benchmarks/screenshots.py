@@ -10,6 +10,10 @@ Run (under Xvfb):
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" \
         .venv/bin/python benchmarks/screenshots.py [--data ../shared/data] [--out docs/images]
 
+``--only html`` instead scores ``resources/sample_data`` with ``scanqc score --html`` and
+renders the report in headless Chromium (``html_report.png``, 1280x1600; needs the
+``chromium`` package; no network, a fresh profile).
+
 Without the bundled encoder weights (``resources/models/encoder``) a seeded random
 encoder is used, which the window title says.
 """
@@ -67,6 +71,42 @@ def encoder_overrides() -> tuple[dict, str]:
         return {"encoder": SliceEncoder().eval(), "device": "cpu"}, "random encoder (no weights)"
 
 
+def html_report_shot(out: Path, tmp: Path) -> Path:
+    """Score resources/sample_data, render its HTML report in headless Chromium."""
+    import shutil
+    import subprocess
+
+    report, html = tmp / "sample_report.csv", tmp / "sample_report.html"
+    scanqc = Path(sys.executable).with_name("scanqc")
+    subprocess.run([str(scanqc), "score", str(ROOT / "resources" / "sample_data"), "--out",
+                    str(report), "--html", str(html), "--workers", "1", "--no-progress",
+                    "--no-cache"], check=True)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("chromium not found (apt-get install -y chromium)")
+    png = out / "html_report.png"
+    profile = tempfile.mkdtemp(prefix="chromium_")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                    f"--screenshot={png}", "--window-size=1280,1600", html.as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    return png
+
+
+def close_toasts(viewer, app) -> None:
+    """Close napari's notification toasts (backend notices) before a grab."""
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:
+        return
+    for w in viewer.window._qt_window.findChildren(NapariQtNotification):
+        w.close()
+    for _ in range(10):
+        app.processEvents()
+        time.sleep(0.02)
+
+
 def wait(app, cond, timeout: float = 300.0) -> None:
     t0 = time.time()
     while not cond():
@@ -80,10 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
+    ap.add_argument("--only", choices=("docks", "html"), default="docks")
     args = ap.parse_args(argv)
+    if args.only == "html":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(html_report_shot(args.out, Path(tempfile.mkdtemp(prefix="scanqc_html_"))))
+        return 0
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    # keep napari's backend notices out of the picture (they would show as a toast)
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*System theme detection.*")
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -106,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.add_dock_widget(score, name="Score", area="right")
     score.config_overrides = {**overrides, "workers": 1, "max_slices": 32}
     viewer.window.show()
+    viewer.window._qt_window.resize(1600, 1000)  # after show: a saved geometry may win
     dataset.open_folder(ds)
     wait(app, lambda: len(dataset.state.entries) >= 40)
     state = dataset.state
@@ -126,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(50):
         app.processEvents()
         time.sleep(0.02)
+    close_toasts(viewer, app)
     viewer.window._qt_window.grab().save(str(args.out / "score_dock.png"))
 
     batch = BatchWidget(viewer)
@@ -141,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(50):
         app.processEvents()
         time.sleep(0.02)
+    close_toasts(viewer, app)
     viewer.window._qt_window.grab().save(str(args.out / "batch_dock.png"))
     viewer.close()
     return 0

@@ -10,13 +10,14 @@ For each dataset it measures, in the same run and the same worker setup:
 and reports scans/s, the ratio score/read, and the peak RSS of the whole process tree
 (main + workers), sampled every 0.1 s.
 
-Synthetic datasets (small NIfTI volumes + PNG radiographs, 70/30) are generated once
-under ``/tmp/scanqc_bench/<n>``. ``--real`` adds the files of ../shared/data.
+Synthetic datasets (small NIfTI volumes 24x64x64 + 64x64 PNG radiographs, 70/30) are
+generated once under ``/tmp/scanqc_bench/v2/<n>``. ``--real`` adds the files of
+../shared/data. A markdown table, the command and the machine facts (CPUs, load average
+before and after) are printed at the end.
 
 Usage::
 
-    python benchmarks/throughput.py --sizes 100 1000 --workers 2 --real
-    python benchmarks/throughput.py --sizes 10000 --workers 2
+    python benchmarks/throughput.py --sizes 100 1000 10000 --workers 2 --real
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_ROOT = Path(os.environ.get("SCANQC_BENCH_DIR", "/tmp/scanqc_bench"))
+BENCH_ROOT = Path(os.environ.get("SCANQC_BENCH_DIR", "/tmp/scanqc_bench")) / "v2"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def generate(n: int, root: Path = BENCH_ROOT) -> Path:
-    """Write ``n`` synthetic scans (70 % NIfTI 24x64x64 int16, 30 % PNG 128x128) once."""
+    """Write ``n`` synthetic scans (70 % NIfTI 24x64x64 int16, 30 % PNG 64x64) once."""
     import nibabel as nib
     from PIL import Image
 
@@ -47,7 +48,7 @@ def generate(n: int, root: Path = BENCH_ROOT) -> Path:
         return out
     rng = np.random.default_rng(n)
     z, y, x = np.mgrid[0:24, 0:64, 0:64]
-    yy, xx = np.mgrid[0:128, 0:128]
+    yy, xx = np.mgrid[0:64, 0:64]
     for i in range(n):
         sub = out / f"d{i // 500:03d}"
         sub.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,8 @@ def generate(n: int, root: Path = BENCH_ROOT) -> Path:
                                   np.diag([1.0, 1.0, 2.5, 1.0]))
             nib.save(img, sub / f"s{i:05d}.nii.gz")
         else:
-            im = 200 * np.exp(-((yy - 64) ** 2 + (xx - 64) ** 2) / 1500.0)
+            cy, cx = 32 + rng.integers(-4, 5), 32 + rng.integers(-4, 5)
+            im = 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 400.0)
             im = im + 12 * rng.random(im.shape)
             Image.fromarray(im.astype(np.uint8)).save(sub / f"s{i:05d}.png")
     marker.write_text("ok")
@@ -157,8 +159,29 @@ def _encoder(name: str) -> tuple[object | None, str]:
         return SliceEncoder().eval(), f"random SliceEncoder (bundled weights missing: {exc})"
 
 
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def markdown(results: list[dict]) -> str:
+    """The results as a markdown table."""
+    lines = ["| dataset | rows (ok/error/skipped) | read only (s) | score (s) | scans/s | "
+             "score / read | peak RSS read | peak RSS score |", "|---" * 8 + "|"]
+    for r in results:
+        st = r["status"]
+        lines.append(
+            f"| {r['dataset']} | {r['scans']} ({st.get('ok', 0)}/{st.get('error', 0)}/"
+            f"{st.get('skipped', 0)}) | {r['read_s']:.1f} | {r['score_s']:.1f} | "
+            f"{r['scans_per_s']:.1f} | {r['ratio_score_to_read']:.2f} | "
+            f"{r['peak_rss_mb_read']} MB | {r['peak_rss_mb']} MB |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print one JSON line per dataset."""
+    """Run the benchmark; print one JSON line per dataset, then a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000])
     ap.add_argument("--real", action="store_true", help="also ../shared/data")
@@ -168,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="encoder")
     ap.add_argument("--json", type=Path, default=None, help="append results to this file")
     args = ap.parse_args(argv)
+    load_before = _load()
     encoder, enc_desc = _encoder(args.model)
     print(f"# encoder: {enc_desc}; workers={args.workers}, cpu={os.cpu_count()}, "
           f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
@@ -176,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(("shared-data", [SHARED]))
     results = []
     for name, paths in sets:
-        # warm the page cache and the worker start-up equally for both measurements
+        # read first: the score run then finds the same files in the page cache
         t_read, n_read, mem_read = time_read(paths, args.workers)
         t_score, n_rows, mem_score, stats = time_score(paths, args.workers, args.max_slices,
                                                         args.size, encoder)
@@ -187,12 +211,23 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_score_to_read": round(t_score / t_read, 2),
             "peak_rss_mb_read": round(mem_read / 2**20), "peak_rss_mb": round(mem_score / 2**20),
             "status": stats, "workers": args.workers, "encoder": enc_desc.split(" (")[0],
+            "load": _load(),
         }
         results.append(res)
         print(json.dumps(res), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(res) + "\n")
+    import platform
+
+    import torch
+
+    print()
+    print(markdown(results))
+    print(f"\ncommand: python benchmarks/throughput.py {' '.join(argv or sys.argv[1:])}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, encoder {enc_desc.split(' (')[0]}; load average "
+          f"(1/5/15 min) before {load_before}, after {_load()}")
     return 0
 
 

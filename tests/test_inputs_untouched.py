@@ -1,4 +1,12 @@
-"""Reading never modifies, touches or adds files next to the inputs."""
+"""Reading never modifies, touches or adds files next to the inputs.
+
+The readers directly, then every CLI command that reads a dataset (``info``, ``score`` to
+CSV / JSON lines / parquet with ``--html`` and ``--resume``, ``labels import`` /
+``export``, ``rank`` with and without labels, ``asymmetry``, ``region predict`` when its
+probe is bundled): afterwards every input file
+is byte-identical with the same mtime and mode, nothing is added to the input folder, and
+nothing is written outside the output folder the commands were given.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from PIL import Image
 from scanqc.cli.main import main
 from scanqc.io.discover import discover
 from scanqc.io.load import load_scan, open_scans
+from test_privacy_writers import make_identified_dataset, run_every_writer
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
@@ -86,3 +95,26 @@ def test_inputs_are_not_modified(tmp_path, capsys):
 
     after = _snapshot(root)
     assert after == before  # same files, same bytes, same mtimes, nothing added
+
+
+def test_every_command_leaves_inputs_untouched(tmp_path, monkeypatch):
+    root = tmp_path / "in"
+    make_identified_dataset(root)  # DICOM series, radiograph, broken DICOM, NIfTI, PNG
+    nib.Nifti1Image(np.ones((4, 5, 6, 2), np.float32), np.eye(4)).to_filename(
+        root / "vols" / "f4d.nii")
+    (root / "bad.png").write_bytes(b"broken")
+    (root / "notes.txt").write_text("not a scan")
+    os.chmod(root / "hand.png", 0o444)  # read-only inputs must be fine too
+    os.chmod(root / "ct_series" / "slice0.dcm", 0o444)
+    inputs_before = _snapshot(root)
+    outside_before = {p for p in _snapshot(tmp_path) if not p.startswith("in")}
+
+    out = tmp_path / "out"
+    printed = run_every_writer(root, out, monkeypatch, tmp_path / "work")
+    assert len(printed) >= 10  # info, score x5, labels x3, rank x2, asymmetry
+
+    assert _snapshot(root) == inputs_before  # same files, same bytes, same mtimes
+    written = {p for p in _snapshot(tmp_path) if not p.startswith("in")} - outside_before
+    stray = sorted(p for p in written if not p.startswith(("out", "work")))
+    assert not stray, f"written outside the output folder: {stray}"
+    assert any(p.startswith("out/") for p in written)

@@ -16,7 +16,7 @@ from scanqc.io.labels import REASONS, LabelStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
-ITERATIONS = int(os.environ.get("SCANQC_SIGKILL_ITERATIONS", "20"))
+ITERATIONS = int(os.environ.get("SCANQC_SIGKILL_ITERATIONS", "10"))
 
 CHILD = r"""
 import sys

@@ -203,20 +203,86 @@ def test_hung_scan_times_out(tmp_path):
     assert np.isfinite([by_path["img0.png"]["bad_score"]]).all()
 
 
-@pytest.mark.slow
-def test_finetune_on_references(tmp_path):
-    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, corrupt=False, odd=1)
+def test_finetune_on_references_changes_scores_and_flags_odd_scans(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=5, n_img=0, corrupt=False, odd=1)
+    write_volume(root / "stripes.nii.gz", 7, kind="stripes")
     refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(3)]
     plain = by_id(score_all([root], references=refs, config=config()))
     tuned = by_id(score_all([root], references=refs,
-                            config=config(finetune=True, finetune_epochs=5)))
+                            config=config(finetune=True, finetune_epochs=30)))
     assert set(plain) == set(tuned)
     for sid, r in tuned.items():
         assert "+ft" in r["model_version"] and "+ft" not in plain[sid]["model_version"]
         assert r["reference_set_id"] != plain[sid]["reference_set_id"]
-    odd = [r for r in tuned.values() if r["path"] == "odd0.nii.gz"][0]
-    normal = [r for r in tuned.values() if r["path"] == "sub/vol3.nii.gz"][0]
-    assert odd["mean_distance"] > normal["mean_distance"]
+    # the trained head is used: distances differ from the frozen encoder's
+    diffs = [abs(tuned[s]["mean_distance"] - plain[s]["mean_distance"]) for s in tuned]
+    assert max(diffs) > 1e-4
+    by_path = {r["path"]: r for r in tuned.values()}
+    odd = [by_path["odd0.nii.gz"], by_path["stripes.nii.gz"]]
+    normal = [by_path[f"sub/vol{i}.nii.gz"] for i in (3, 4)]
+    assert min(r["mean_distance"] for r in odd) > max(r["mean_distance"] for r in normal)
+    assert all(r["flagged"] for r in odd)
+    assert min(r["bad_score"] for r in odd) > max(r["bad_score"] for r in normal)
+
+
+def test_public_reference_api_matches_score(tmp_path):
+    from scanqc.batch.engine import build_reference_context, fit_references
+    from scanqc.io.discover import discover
+
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, corrupt=False, odd=1)
+    entries = list(discover([root], root=root))
+    refs = [e.scan_id for e in entries if e.path.endswith(("vol0.nii.gz", "vol1.nii.gz",
+                                                           "vol2.nii.gz"))]
+    cfg = config(root=str(root))
+    # a fitted ReferenceModel passed in the config gives the same rows as finetune=True
+    rm = fit_references(refs, entries, cfg, epochs=10)
+    assert len(rm.history) == 10
+    tuned = by_id(score_all(entries, references=refs,
+                            config=config(root=str(root), finetune=True, finetune_epochs=10)))
+    given = by_id(score_all(entries, references=refs,
+                            config=config(root=str(root), reference_model=rm)))
+    for sid, r in tuned.items():
+        assert _close(given[sid]["mean_distance"], r["mean_distance"])
+        assert given[sid]["model_version"] == r["model_version"]
+    # the context scores one scan exactly like the batch run and gives per-slice scores
+    ctx = build_reference_context(refs, entries, config(root=str(root), reference_model=rm))
+    try:
+        odd = [e for e in entries if e.path.endswith("odd0.nii.gz")][0]
+        row = ctx.score_entries([odd])[0]
+        assert _close(row["mean_distance"], tuned[odd.scan_id]["mean_distance"])
+        assert row["reference_set_id"] == ctx.reference_set_id
+        from scanqc.batch.pipeline import prepare_entry
+
+        res = prepare_entry(odd, cfg.prep_options(str(root), False))
+        ss = ctx.slice_scores(res["slices"], res["slice_index"])
+        assert len(ss.bad_scores) == len(res["slice_index"])
+        assert ";".join(map(str, ss.worst(3))) == row["worst_slices"]
+    finally:
+        ctx.close()
+
+
+def test_checks_prepare_once_per_scan(tmp_path, monkeypatch):
+    import scanqc.scoring.checks as checks_mod
+
+    calls = {"check_scan": 0, "prepare": 0}
+    real_check, real_prepare = checks_mod.check_scan, checks_mod.prepare
+
+    def counting_check(*a, **k):
+        calls["check_scan"] += 1
+        return real_check(*a, **k)
+
+    def counting_prep(*a, **k):
+        calls["prepare"] += 1
+        return real_prepare(*a, **k)
+
+    monkeypatch.setattr(checks_mod, "check_scan", counting_check)
+    monkeypatch.setattr(checks_mod, "prepare", counting_prep)
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=2)
+    rows = score_all([root], config=config())
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 5
+    assert calls == {"check_scan": 5, "prepare": 5}
+    assert all(r["snr"] is not None for r in ok)  # the metrics came from the same pass
 
 
 def test_missing_model_fails_before_reading(tmp_path):

@@ -2,13 +2,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 
@@ -88,61 +81,26 @@ def test_json_lines_resume(tmp_path):
     assert [json.loads(x)["scan_id"] for x in lines] == ["id00000", "id00001"]
 
 
-_WRITER = textwrap.dedent(
-    """
-    import os
-    import sys
-    from scanqc.batch.output import ReportWriter
-    out, start = sys.argv[1], int(sys.argv[2])
-    if sys.argv[4] == "chunked":  # many small write() calls: kills land inside lines
-        def _write_bytes(self, data):
-            for k in range(0, len(data), 7):
-                os.write(self._fd, data[k:k + 7])
-        ReportWriter._write_bytes = _write_bytes
-    w = ReportWriter(out, resume=True, batch_rows=int(sys.argv[3]), flush_seconds=0.0)
-    i = start
-    print("ready", flush=True)
-    while True:
-        w.write({"scan_id": f"id{i:07d}", "path": "p/" + "x" * (i % 200), "status": "ok",
-                 "bad_score": (i % 997) / 997, "flagged": i % 2 == 0,
-                 "warnings_detail": "long " * (i % 50)})
-        i += 1
-    """
-)
+def test_parquet_resume_keeps_finished_rows(tmp_path):
+    """Resuming a finished parquet report copies its rows into the spool first."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "r.parquet"
+    with ReportWriter(out, "parquet") as w:
+        w.write_many(_row(i) for i in range(4))
+    w = ReportWriter(out, "parquet", resume=True)
+    assert w.existing_ids == {f"id{i:05d}" for i in range(4)}
+    assert w.write(_row(2)) is False
+    w.write(_row(7))
+    w.flush()
+    # killed here: the spool is the newest state and holds every row; the old parquet is whole
+    assert [r["scan_id"] for r in read_report(out, "parquet")][-1] == "id00007"
+    assert pq.read_table(out).num_rows == 4
+    w.close()
+    ids = [r["scan_id"] for r in read_report(out, "parquet")]
+    assert ids == ["id00000", "id00001", "id00002", "id00003", "id00007"]
+    assert not (tmp_path / "r.parquet.partial.csv").exists()
+    assert not (tmp_path / "r.parquet.tmp").exists()
 
 
-def test_csv_survives_sigkill_at_random_moments(tmp_path):
-    out = tmp_path / "r.csv"
-    script = tmp_path / "writer.py"
-    script.write_text(_WRITER)
-    rnd = random.Random(1)
-    start = 0
-    total_complete = 0
-    partial_tails = 0
-    for it in range(24):
-        mode = "chunked" if it % 2 else "whole"
-        proc = subprocess.Popen([sys.executable, str(script), str(out), str(start),
-                                 str(rnd.choice([1, 4, 16])), mode], stdout=subprocess.PIPE)
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rnd.uniform(0.0, 0.15))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        partial_tails += not out.read_bytes().endswith(b"\n")
-        rows = read_report(out)
-        # every complete row is valid and ids are unique and consecutive
-        ids = [int(r["scan_id"][2:]) for r in rows]
-        assert ids == list(range(len(ids))), f"iteration {it}"
-        for r in rows:
-            i = int(r["scan_id"][2:])
-            assert r["path"] == "p/" + "x" * (i % 200)
-            assert r["bad_score"] == pytest.approx((i % 997) / 997, abs=1e-6)
-            assert r["flagged"] is (i % 2 == 0)
-        assert len(rows) >= total_complete
-        total_complete = len(rows)
-        start = len(rows)  # the next writer resumes after the last complete row
-    with open(out, newline="") as f:
-        raw = list(csv.reader(f))
-    assert all(len(r) == len(COLUMNS) for r in raw[: total_complete + 1])
-    assert total_complete > 0
-    assert partial_tails > 0  # the test did kill writers in the middle of a line
+# SIGKILL at random moments (CSV, JSON lines, parquet, resume cache): tests/test_sigkill_batch.py

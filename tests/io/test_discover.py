@@ -152,3 +152,94 @@ def test_discovery_speed_2000_dicom(tmp_path: Path) -> None:
     dt = time.perf_counter() - t
     assert len(entries) == 20 and all(len(e.paths) == 100 for e in entries)
     assert dt < 10, dt
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_nifti_header_only_agrees_with_the_reader(tmp_path: Path) -> None:
+    """Shape and spacing from the 544 header bytes match what the reader then loads."""
+    from scanqc.io.load import load_scan
+
+    rng = np.random.default_rng(3)
+    for k in range(10):
+        perm = rng.permutation(3)
+        zooms = rng.uniform(0.4, 3.0, 3)
+        rzs = _rotation(rng.uniform(-0.5, 0.5)) @ (np.eye(3)[perm] * rng.choice([-1, 1], 3)
+                                                   * zooms)
+        affine = np.eye(4)
+        affine[:3, :3] = rzs
+        shape = tuple(int(s) for s in rng.integers(3, 9, 3))
+        cls = nib.Nifti2Image if k % 3 == 0 else nib.Nifti1Image
+        img = cls(rng.integers(0, 100, shape).astype(np.int16), affine)
+        if k % 2:
+            img.header.set_qform(affine, 1)
+            img.header.set_sform(None, 0)
+        nib.save(img, tmp_path / f"v{k}.nii{'.gz' if k % 2 else ''}")
+    entries = discover(tmp_path)
+    assert len(entries) == 10 and all(e.status == "ok" for e in entries)
+    for e in entries:
+        scan = load_scan(e)
+        assert e.shape == scan.data.shape, e.name
+        np.testing.assert_allclose(e.spacing, scan.spacing, rtol=1e-5, err_msg=e.name)
+        assert len(e.header["file_axes"]) == 3
+
+
+def test_nifti_header_reads_no_pixel_data(tmp_path: Path) -> None:
+    """A .nii.gz cut right after its header is listed; its data are never decompressed."""
+    import gzip
+
+    img = nib.Nifti1Image(np.zeros((40, 30, 20), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
+    raw = img.header.binaryblock + b"\0" * 4
+    (tmp_path / "head_only.nii.gz").write_bytes(gzip.compress(raw))
+    (e,) = discover(tmp_path)
+    assert e.status == "ok" and e.shape == (20, 30, 40) and e.spacing == (3.0, 2.0, 1.0)
+
+
+def test_bad_nifti_headers(tmp_path: Path) -> None:
+    import struct
+
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4))
+    good = bytearray(img.header.binaryblock + b"\0" * 4 + bytes(240))
+    bad_magic = bytearray(good)
+    bad_magic[344:348] = b"abcd"
+    (tmp_path / "magic.nii").write_bytes(bad_magic)
+    (tmp_path / "short.nii").write_bytes(good[:200])
+    neg = bytearray(good)
+    struct.pack_into("<f", neg, 80, -2.0)  # pixdim[1] < 0: nibabel's fix takes |value|
+    (tmp_path / "neg.nii").write_bytes(neg)
+    ext = bytearray(good)
+    struct.pack_into("<f", ext, 108, 600.0)  # vox_offset past an extension
+    ext[348] = 1  # extension flag set ...
+    struct.pack_into("<ii", ext, 352, -5, 0)  # ... with an impossible size
+    (tmp_path / "ext.nii").write_bytes(ext)
+    by = {e.name: e for e in discover(tmp_path)}
+    assert by["magic.nii"].status == "error" and "not a NIfTI file" in by["magic.nii"].error
+    assert by["short.nii"].status == "error" and "not a NIfTI file" in by["short.nii"].error
+    assert by["neg.nii"].status == "ok" and by["neg.nii"].spacing == (1.0, 1.0, 2.0)
+    assert by["ext.nii"].status == "error" and "extension size" in by["ext.nii"].error
+    assert all("\n" not in e.error and str(tmp_path) not in e.error for e in by.values())
+
+
+def test_iter_discover_streams_parts_before_the_end(tmp_path: Path) -> None:
+    from scanqc.io.discover import iter_discover, sort_key
+
+    for i in range(23):
+        Image.fromarray(np.full((4, 5), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    uid = generate_uid()
+    (tmp_path / "series").mkdir()
+    for k in range(2):
+        tiny_dicom(tmp_path / "series" / f"IM{k}", uid, float(k))
+    done = [0]
+    parts, done_at_part = [], []
+    for part in iter_discover(tmp_path, chunk_size=5,
+                              progress=lambda d, t, m: done.__setitem__(0, d)):
+        parts.append(part)
+        done_at_part.append(done[0])
+    assert all(0 < len(p) <= 5 for p in parts)
+    assert done_at_part[0] < 25  # the first part came while files were still being read
+    flat = [e for p in parts for e in p]
+    assert flat[-1].format == "dicom"  # series are grouped at the end
+    assert sorted(flat, key=sort_key) == discover(tmp_path)

@@ -173,3 +173,38 @@ def test_region_samples_licences(shared_data):
         by_group.setdefault(s.group, set()).add(s.region)
     assert max(len(v) for v in by_group.values()) <= 2
     assert len(by_group) > 300
+
+
+def test_slice_annotations_and_per_row_labels():
+    s = rp.RegionSample("x.nii.gz", "abdomen", "g", "set", "Apache-2.0", True, "abdomen_pelvis",
+                        ((0.0, 0.4, "pelvis"), (0.5, 1.0, "abdomen")))
+    assert s.slice_labels([0.0, 0.3, 0.45, 0.6, 1.0]) == ["pelvis", "pelvis", None, "abdomen",
+                                                          "abdomen"]
+    plain = rp.RegionSample("y.png", "chest", "g2", "set", "CC BY 4.0", True, "chest")
+    assert plain.slice_labels([0.5]) == ["chest"]
+    e = np.arange(10, dtype=np.float32).reshape(5, 2)
+    x, y = rp.stack_slices([e, e[:1]], [s.slice_labels([0.0, 0.3, 0.45, 0.6, 1.0]), "chest"],
+                           [0, 1])
+    assert y == ["pelvis", "pelvis", "abdomen", "abdomen", "chest"]
+    np.testing.assert_array_equal(x[2], e[3])  # the unlabelled boundary row is left out
+    with pytest.raises(ValueError, match="labels"):
+        rp.stack_slices([e], [["chest"]], [0])
+    # files of one subject share a split group
+    a = rp.subject_group("totalsegmentator_examples",
+                         "totalsegmentator_examples/example_ct.nii.gz")
+    b = rp.subject_group("totalsegmentator_examples",
+                         "totalsegmentator_examples/example_ct_sm.nii.gz")
+    c = rp.subject_group("totalsegmentator_examples",
+                         "totalsegmentator_examples/example_mr_sm.nii.gz")
+    assert a == b != c
+
+
+def test_annotated_volume_in_region_samples(shared_data):
+    samples = {os.path.relpath(s.path, shared_data): s
+               for s in rp.region_samples(shared_data, permissive_only=True)}
+    ct = samples["totalsegmentator_examples/example_ct.nii.gz"]
+    assert ct.spans and {c for _, _, c in ct.spans} == {"pelvis", "abdomen"}
+    _, pos = rp.sample_slices(ct.path, max_slices=12, return_positions=True)
+    labs = ct.slice_labels(pos)
+    assert labs[0] == "pelvis" and labs[-1] == "abdomen"  # axis 0 runs feet to head
+    assert all(0.0 <= p <= 1.0 for p in pos) and list(pos) == sorted(pos)

@@ -173,3 +173,59 @@ def test_invalid_inputs(rng):
         score_against_references(rng.normal(size=(3, D + 1)), rs)
     with pytest.raises(ValueError, match="statistic"):
         score_against_references(rng.normal(size=(3, D)), rs, statistic="median")
+
+
+def _quality(rng, n):
+    from scanqc.scoring.reference import QUALITY_KEYS
+
+    base = {k: 1.0 + i for i, k in enumerate(QUALITY_KEYS)}
+    return [{k: v * (1 + 0.05 * rng.normal()) for k, v in base.items()} for _ in range(n)]
+
+
+def test_quality_distance_fused_with_embedding_distance(rng):
+    from scanqc.scoring.reference import (
+        quality_calibration,
+        quality_distances,
+        quality_matrix,
+    )
+
+    refs = _refs(rng)
+    rq = _quality(rng, 20)
+    rs = ReferenceSet.from_embeddings([str(i) for i in range(20)], refs, quality=rq)
+    assert rs.has_quality
+    # three scans that look like references; the second has an artefact only the quality
+    # measures see (e.g. ghosting: signal in the air), the third has no metrics
+    z = refs[:3] + 0.01
+    q = _quality(rng, 3)
+    q[1]["qi1"] *= 20.0
+    q[2] = None
+    s = score_against_references(z, rs, quality=q)
+    assert s[0].quality_score < 0.5 and not s[0].flagged
+    assert s[1].quality_distance > s[1].quality_threshold and s[1].flagged
+    assert s[1].bad_score == pytest.approx(max(s[1].distance_score, s[1].quality_score))
+    assert s[1].bad_score > 0.5 > s[1].distance_score
+    assert math.isnan(s[2].quality_score) and s[2].bad_score == s[2].distance_score
+    # calibrated on the references only: the median reference (left out) scores 0.1
+    rqm = quality_matrix(rq)
+    thr, scale = quality_calibration(rqm)
+    loo = [quality_distances(rqm[i:i + 1], np.delete(rqm, i, axis=0))[0] for i in range(20)]
+    assert thr == pytest.approx(max(loo))
+    assert distance_to_score(np.median(loo), thr, scale) == pytest.approx(0.1)
+    # without quality for the scans the score is the embedding score alone
+    plain = score_against_references(z, rs)
+    assert [p.bad_score for p in plain] == [p.distance_score for p in plain]
+
+
+def test_quality_needs_enough_references_and_roundtrips(tmp_path, rng):
+    rs = ReferenceSet.from_embeddings(["a", "b"], _refs(rng, 2), quality=_quality(rng, 2))
+    assert not rs.has_quality
+    s = score_against_references(_refs(rng, 2), rs, quality=_quality(rng, 2))
+    assert all(math.isnan(x.quality_score) for x in s)
+    full = ReferenceSet.from_embeddings([str(i) for i in range(5)], _refs(rng, 5),
+                                        quality=_quality(rng, 5))
+    back = ReferenceSet.load(full.save(tmp_path / "q.safetensors"))
+    np.testing.assert_allclose(back.quality, full.quality)
+    with pytest.raises(ValueError, match="quality"):
+        ReferenceSet.from_embeddings(["a", "b"], _refs(rng, 2), quality=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="quality rows"):
+        score_against_references(_refs(rng, 3), full, quality=_quality(rng, 2))

@@ -188,3 +188,62 @@ def test_bundled_probe_matches_bundled_encoder_and_sample_data():
     samples = model_dir("encoder").parents[1] / "sample_data"
     assert predict_region(load_scan(samples / "chest_xr.png")).region == "chest"
     assert predict_region(load_scan(samples / "wrist_xr.png")).region == "upper_limb"
+
+
+# ----------------------------------------------------------------- from probabilities / embeddings
+
+
+def _probs(classes, labels, sure=0.9):
+    """One probability row per label: ``sure`` on it, the rest spread evenly."""
+    p = np.full((len(labels), len(classes)), (1 - sure) / (len(classes) - 1))
+    for i, lab in enumerate(labels):
+        p[i, classes.index(lab)] = sure
+    return p
+
+
+def test_region_from_probs_volume_main_region_and_ordered_coverage():
+    from scanqc.scoring.region import region_from_probs
+
+    classes = ["head", "chest", "abdomen", "pelvis"]
+    labs = ["pelvis"] * 12 + ["abdomen"] * 20  # an abdomen-pelvis CT, feet first
+    idx = np.arange(0, 64, 2)
+    pred = region_from_probs(_probs(classes, labs), classes, 0.5, idx, n_slices=64,
+                             is_volume=True, header={"BodyPartExamined": "ABDOMEN"})
+    # the scan's region is the class covering most slices, with its own confidence
+    assert pred.region == "abdomen" and pred.confidence == pytest.approx(0.9)
+    assert pred.coverage == ["pelvis", "abdomen"]
+    assert pred.per_slice[0][0][0] == 0 and pred.per_slice[-1][0][1] == 63
+    assert not pred.mismatch and pred.header_region == "abdomen"
+    # a header naming neither covered region is flagged, even though the mean
+    # probability of each class over the whole volume is below the threshold
+    pred = region_from_probs(_probs(classes, labs), classes, 0.7, idx, n_slices=64,
+                             is_volume=True, header={"BodyPartExamined": "HEAD"})
+    assert max(pred.probs.values()) < 0.7 and pred.mismatch
+    assert pred.warnings[0].code == "region_header_mismatch"
+    # any confidently covered part agreeing with the header: consistent
+    assert not region_from_probs(_probs(classes, labs), classes, 0.5, idx, n_slices=64,
+                                 is_volume=True, header={"BodyPartExamined": "PELVIS"}
+                                 ).mismatch
+    # nothing above the threshold: unknown, no warning
+    pred = region_from_probs(_probs(classes, labs, sure=0.3), classes, 0.5, idx,
+                             is_volume=True, header={"BodyPartExamined": "HEAD"})
+    assert pred.region == "unknown" and not pred.mismatch and pred.coverage == []
+    with pytest.raises(ValueError):
+        region_from_probs(np.zeros((0, 4)), classes, 0.5)
+
+
+def test_region_from_embeddings_uses_header_dict():
+    from scanqc.scoring.region import region_from_embeddings, region_header
+
+    scan = Scan(np.zeros((4, 4), np.float32), (1.0, 1.0), np.eye(4), "image",
+                metadata={"BodyPartExamined": "KNEE", "PatientName": "x",
+                          "StudyDescription": ["CT", "CHEST"]})
+    hdr = region_header(scan)
+    assert hdr == {"BodyPartExamined": "KNEE", "StudyDescription": "CT\\CHEST"}
+    probe = _fixed_probe(8, "chest", 6.0)
+    emb = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)
+    pred = region_from_embeddings(emb, probe, header=hdr, is_volume=False)
+    assert pred.region == "chest" and pred.mismatch and pred.header_region == "lower limb"
+    assert pred.columns()["region_mismatch"] is True
+    # the same answer as from the scan itself
+    assert region_from_embeddings(emb, probe, header=scan, is_volume=False).mismatch

@@ -164,3 +164,142 @@ def test_update_rows_from_other_docks_and_unreadable(qtbot, make_napari_viewer, 
     assert owned_layers(viewer) == []
     assert "\n" not in w.status.text()
     w.close()
+
+
+def test_result_columns_and_banner(qtbot, make_napari_viewer, dataset: Path,
+                                   monkeypatch, tmp_path: Path) -> None:
+    """region, region check, flagged and bad score fill in; the banner shows label and score."""
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
+    viewer, w = _open(qtbot, make_napari_viewer, dataset)
+    check_col, flag_col = COLUMNS.index("region_mismatch"), COLUMNS.index("flagged")
+    region_col = COLUMNS.index("region")
+    assert w.table.isColumnHidden(check_col)  # no result carries it yet
+    assert not w.table.isColumnHidden(flag_col)
+    sid = next(s for s, r in w.state.rows.items() if r["name"].endswith("scan_2.nii.gz"))
+    other = next(s for s, r in w.state.rows.items() if r["name"].endswith("scan_5.nii.gz"))
+    w.select_scan(sid)
+    qtbot.waitUntil(lambda: w.state.current == sid, timeout=10_000)
+    qtbot.keyClick(w.table, Qt.Key_G)
+    banner = viewer.canvas.overlays.text
+    assert "GOOD" in banner.text and "bad_score" not in banner.text  # not scored yet
+
+    w.state.update_rows([
+        {"scan_id": sid, "bad_score": 0.912, "flagged": True, "region": "knee",
+         "region_confidence": 0.8, "header_region": "chest", "region_mismatch": True},
+        {"scan_id": other, "bad_score": 0.1, "flagged": False, "region": "knee",
+         "region_mismatch": False},
+    ])
+    row, row2 = w.model.row_of(sid), w.model.row_of(other)
+    assert not w.table.isColumnHidden(check_col)
+    assert w.model.index(row, check_col).data() == "mismatch (header: chest)"
+    assert w.model.index(row2, check_col).data() == "ok"
+    assert w.model.index(row, flag_col).data() == "flagged"
+    assert w.model.index(row2, flag_col).data() == ""
+    assert w.model.index(row, region_col).data() == "knee"
+    assert "predicted: knee (80%)" in w.model.index(row, region_col).data(Qt.ToolTipRole)
+    assert "GOOD" in banner.text and "bad_score 0.912 FLAGGED" in banner.text
+    # the filter finds flagged scans; sorting by flagged puts the flagged one last
+    w.filter_edit.setText("flagged")
+    assert [Path(n).name for n in _names(w)] == ["scan_2.nii.gz"]
+    w.filter_edit.setText("")
+    w.table.sortByColumn(flag_col, Qt.AscendingOrder)
+    assert w.proxy.index(w.proxy.rowCount() - 1, 1).data().endswith("scan_2.nii.gz")
+
+    # a region a person labels wins over the predicted one, and clearing it brings it back
+    w.region_combo.setCurrentText("my_phantom")
+    w._on_region_edited()
+    assert w.model.index(row, region_col).data() == "my_phantom"
+    w.state.update_rows([{"scan_id": sid, "region": "hand"}])  # a new prediction
+    assert w.model.index(row, region_col).data() == "my_phantom"
+    w.region_combo.setCurrentText("")
+    w._on_region_edited()
+    assert w.model.index(row, region_col).data() == "hand"
+    with LabelStore.open(tmp_path / "labels.sqlite") as store:
+        assert store.get(sid).region is None and store.get(sid).label == "good"
+    w.close()
+
+
+def test_rows_arrive_in_parts_in_final_order(qtbot, make_napari_viewer, dataset: Path,
+                                             monkeypatch, tmp_path: Path) -> None:
+    """Parts inserted at their sorted places: no reset, selection kept, order = discover()."""
+    import scanqc.widgets.dataset as dataset_mod
+    from scanqc.io.discover import discover
+
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
+    monkeypatch.setattr(dataset_mod, "DISCOVERY_CHUNK", 3)
+    # a file at the top comes first from the walk but sorts last: later parts go before it
+    nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.eye(4)).to_filename(dataset / "zz.nii")
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    resets, inserts, parts = [], [], []
+    w.model.modelReset.connect(lambda: resets.append(w.model.rowCount()))
+    w.model.rowsInserted.connect(lambda _p, a, b: inserts.append((a, b, w.model.rowCount())))
+    w.state.entries_added.connect(lambda ids: parts.append(len(ids)))
+    w.open_folder(dataset)
+    assert len(parts) >= 3 and max(parts) <= 3
+    assert resets == [0]  # one reset: the empty new dataset; the parts are inserts
+    assert any(b < n - 1 for _a, b, n in inserts)  # some rows went in above others
+    expected = [e.scan_id for e in discover(dataset)]
+    assert w.model.ids == expected == [e.scan_id for e in w.state.entries]
+    assert Path(w.state.entries[-1].path).name == "zz.nii"
+    assert not w.state.loading and f"{N + 1} scans" in w.status.text()
+    w.close()
+
+
+def test_cancel_keeps_the_rows_listed(qtbot, make_napari_viewer, dataset: Path,
+                                      monkeypatch, tmp_path: Path) -> None:
+    import scanqc.io.discover as discover_mod
+    from scanqc.progress import Cancelled
+
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
+    real = discover_mod.iter_discover
+
+    def first_part_then_cancel(*args, **kw):
+        yield next(real(*args, **{**kw, "chunk_size": 3}))
+        raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(discover_mod, "iter_discover", first_part_then_cancel)
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    w.open_folder(dataset)
+    assert w.model.rowCount() == 3 and len(w.state.entries) == 3
+    assert not w.state.loading and "incomplete" in w.status.text()
+    assert w.state.store is not None and not w.state.store.closed
+    w.close()
+
+
+def test_threaded_discovery_streams_from_a_child_process(qtbot, make_napari_viewer,
+                                                         dataset: Path, monkeypatch,
+                                                         tmp_path: Path) -> None:
+    """The real path: child process, pickled parts, rows inserted on the GUI thread."""
+    import scanqc.widgets.dataset as dataset_mod
+
+    monkeypatch.setenv("SCANQC_NOTHREADS", "0")
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
+    monkeypatch.setattr(dataset_mod, "DISCOVERY_CHUNK", 2)
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    parts: list[int] = []
+    w.state.entries_added.connect(lambda ids: parts.append(len(ids)))
+    w.open_folder(dataset)
+    qtbot.waitUntil(lambda: w._discovery is None and w.model.rowCount() == N, timeout=60_000)
+    assert len(parts) >= 4 and max(parts) <= 2
+    assert not w.state.loading and w.model.in_sync()
+    assert sorted(Path(r["name"]).name for r in w.state.rows.values()) == sorted(
+        f"scan_{i}.nii.gz" for i in range(N))
+    w.close()
+
+
+def test_packed_entries_round_trip(dataset: Path) -> None:
+    """What the discovery child sends (packed, pickled) rebuilds the same entries."""
+    import pickle
+
+    from scanqc.io.discover import discover
+    from scanqc.widgets._state import discover_packed, unpack_entries
+    from scanqc.widgets.dataset import rows_of_part
+
+    parts = list(discover_packed([str(dataset)], root=str(dataset), chunk_size=3))
+    assert len(parts) == 3 and all(isinstance(t, tuple) for p in parts for t in p)
+    entries = [e for p in parts for e in rows_of_part(pickle.dumps(p), {})[0]]
+    assert sorted(entries, key=lambda e: e.name) == discover(dataset)
+    assert unpack_entries(parts[0]) == entries[:3]

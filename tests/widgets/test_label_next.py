@@ -82,3 +82,26 @@ def test_next_opens_suggested_scans_and_retrains(qtbot, make_napari_viewer, data
     assert w.upcoming.count() > 0
     assert not {w.upcoming.item(i).data(256) for i in range(w.upcoming.count())} & set(seen)
     w.close()
+
+
+def test_next_while_the_dataset_is_still_read_starts_when_it_ends(
+        qtbot, make_napari_viewer, dataset, tiny_encoder) -> None:
+    from scanqc.io.discover import discover
+    from scanqc.widgets._state import entry_row
+
+    viewer = make_napari_viewer()
+    state = get_state(viewer)
+    w = LabelNextWidget(viewer)
+    w.encoder = tiny_encoder
+    w.strategy_combo.setCurrentText("examine")
+    entries = discover([dataset], root=dataset)
+    state.begin_dataset(dataset, None)
+    state.add_entries(entries[:3], {e.scan_id: entry_row(e) for e in entries[:3]})
+    w.next_btn.click()  # the Dataset dock is still reading: nothing may start yet
+    assert w.queue is None and not w._busy and "Waiting" in w.status.text()
+    state.add_entries(entries[3:], {e.scan_id: entry_row(e) for e in entries[3:]})
+    state.finish_dataset()
+    qtbot.waitUntil(lambda: state.current is not None, timeout=20_000)
+    assert w.queue is not None and len(w.queue.ids) == N  # the whole dataset, not a part
+    assert state.current == w.queue.ids[w.queue.ranking.order[0]]
+    w.close()

@@ -114,6 +114,8 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
     for name, sid in ids.items():
         assert rows[sid]["bad_score"] is not None, name
         assert rows[sid]["flagged"] in (True, False)
+        # a custom encoder has no region probe: no region is invented
+        assert rows[sid]["predicted_region"] is None, name
     score = {n: rows[s]["bad_score"] for n, s in ids.items()}
     assert score["blank.nii.gz"] > score["good3.nii.gz"]
     assert score["noise.nii.gz"] > score["good3.nii.gz"]
@@ -199,6 +201,22 @@ def test_train_on_references_then_score_current(qtbot, make_napari_viewer, scans
     qtbot.waitUntil(lambda: w.run_status != "running", timeout=30_000)
     assert w.run_status == "done", w.status.text()
     row = w.rows[ids["noise.nii.gz"]]
-    assert row["model_version"].endswith("+finetuned") or "reference-head" in row["model"]
+    assert "+ft" in row["model_version"]  # scored through the trained head
     assert w.state.rows[ids["noise.nii.gz"]]["bad_score"] == row["bad_score"]
     assert len(w.slice_plot.slice_index) == Z
+
+
+def test_table_fields_forward_the_engine_region() -> None:
+    from scanqc.widgets.score import table_fields
+
+    row = {"scan_id": "a", "status": "ok", "bad_score": 0.2, "flagged": False,
+           "warnings": "", "region": "chest", "region_confidence": 0.97,
+           "header_region": "abdomen", "region_mismatch": True}
+    fields = table_fields(row)
+    assert fields["region"] == "chest"
+    assert fields["region_confidence"] == 0.97
+    assert fields["header_region"] == "abdomen"
+    assert fields["region_mismatch"] is True
+    # no prediction (a CSV NaN or nothing): the table's region is left alone
+    assert "region" not in table_fields({**row, "region": float("nan")})
+    assert "region" not in table_fields({k: v for k, v in row.items() if k != "region"})

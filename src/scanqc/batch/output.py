@@ -8,7 +8,11 @@ partial. :func:`repair` drops such a trailing partial line, which ``--resume`` d
 appending, and :func:`read_report` ignores it.
 
 Parquet cannot be appended to safely, so parquet reports are spooled to
-``<out>.partial.csv`` and converted when the run ends (:meth:`ReportWriter.close`).
+``<out>.partial.csv`` and converted when the run ends (:meth:`ReportWriter.close`), through
+a temporary file that is fsync-ed and renamed over the report: a parquet report is always
+either the previous complete one or the new complete one. While a spool exists it holds
+every row (a resumed run first copies the rows of a finished parquet report into it), so
+:func:`read_report` reads the spool when there is one.
 """
 
 from __future__ import annotations
@@ -87,14 +91,12 @@ def read_report(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]
     """Read a report (or a spool) back into typed rows, ignoring a trailing partial line."""
     path = Path(path)
     fmt = fmt or format_from_path(path)
-    if fmt == "parquet" and path.suffix.lower() in (".parquet", ".pq") and path.exists():
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        return [{c: r.get(c) for c in COLUMNS} for r in table.to_pylist()]
     if fmt == "parquet":
-        path = spool_path(path, fmt)
-        fmt = "csv"
+        spool = spool_path(path, fmt)
+        if spool.exists() or not path.exists():
+            path, fmt = spool, "csv"  # an unfinished (or killed) run: the spool is newest
+        else:
+            return read_parquet(path)
     lines = _complete_lines(path)
     if fmt == "json":
         rows = []
@@ -148,6 +150,8 @@ class ReportWriter:
         self._oldest = 0.0
         self.file.parent.mkdir(parents=True, exist_ok=True)
         header_needed = True
+        if resume and fmt == "parquet" and not self.file.exists() and self.path.exists():
+            _seed_spool(self.path, self.file)
         if resume and self.file.exists() and self.file.stat().st_size > 0:
             repair(self.file)
             header_needed = self._load_existing()
@@ -256,8 +260,46 @@ def _json_record(row: dict[str, Any]) -> dict[str, Any]:
     return from_record(to_record(row))
 
 
+def read_parquet(path: str | Path) -> list[dict[str, Any]]:
+    """Read the typed rows of a finished parquet report."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path))
+    return [{c: r.get(c) for c in COLUMNS} for r in table.to_pylist()]
+
+
+def _seed_spool(report: Path, spool: Path) -> None:
+    """Copy the rows of a finished parquet report into a new spool (atomically)."""
+    rows = read_parquet(report)
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow(to_record(row))
+    tmp = spool.with_name(spool.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(out.getvalue().encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, spool)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable by syncing the folder (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write typed rows to a parquet file (atomically: temp file + rename)."""
+    """Write typed rows to a parquet file (atomically: fsync-ed temp file + rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -276,5 +318,8 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
     return path

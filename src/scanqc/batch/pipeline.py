@@ -10,7 +10,6 @@ one-line cause.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import signal
 import sys
@@ -115,30 +114,37 @@ def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "err
 
 
 def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]:
-    """Run the QC checks and the quality metrics, sharing the prepared data when possible.
+    """Run the QC checks and the quality metrics in one pass.
 
-    ``run_checks`` prepares downsampled data (body mask, window) internally; when it
-    accepts ``data=`` the same prepared data also feeds ``quality_metrics`` (computed once).
+    :func:`scanqc.scoring.checks.check_scan` prepares the downsampled data (body mask,
+    window) once and feeds both the checks and the metrics.
+
+    Returns:
+        ``(warnings, metrics)``: reader warnings then check warnings; metrics without
+        missing values.
     """
-    from scanqc.scoring.checks import run_checks
-    from scanqc.scoring.quality import quality_metrics
+    from scanqc.scoring.checks import check_scan
 
-    data = None
-    if "data" in inspect.signature(run_checks).parameters:
-        from scanqc.scoring.body_mask import prepare
+    warnings, metrics = check_scan(scan)
+    return list(warnings), {k: v for k, v in (metrics or {}).items() if v is not None}
 
+
+#: Environment variable naming a file that gets one line per scan read (benchmarks and
+#: tests count reads across processes and runs with it, e.g. benchmarks/kill_resume.py).
+TRACE_ENV = "SCANQC_TRACE_READS"
+
+
+def _trace_read(entry: ScanEntry) -> None:
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    line = f"{entry.scan_id}\t{os.getpid()}\n".encode()
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            data = prepare(scan)
-        except Exception:  # noqa: BLE001 - run_checks reports it
-            data = None
-    found = list(run_checks(scan, data=data) if data is not None else run_checks(scan))
-    known = {(w.code, w.message) for w in found}
-    warnings = [*(w for w in scan.warnings if (w.code, w.message) not in known), *found]
-    try:
-        metrics = quality_metrics(scan, data) if data is not None else quality_metrics(scan)
-    except Exception:  # noqa: BLE001 - metrics are informative; checks already ran
-        metrics = {}
-    return warnings, {k: v for k, v in (metrics or {}).items() if v is not None}
+            os.write(fd, line)  # one short O_APPEND write: lines never interleave
+        finally:
+            os.close(fd)
 
 
 def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +161,7 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         the row has status ``error`` and ``slices`` is None.
     """
     t0 = time.perf_counter()
+    _trace_read(entry)
     root = options.get("root")
     result: dict[str, Any] = {"slices": None, "slice_index": None, "warnings": [],
                               "content": None}
@@ -173,6 +180,7 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         if options.get("checks", True):
             warnings, metrics = checks_and_quality(scan)
             row.update({k: v for k, v in metrics.items() if k in QUALITY_COLUMNS})
+            result["metrics"] = dict(metrics)  # all measures: reference quality distance
         else:
             warnings = list(scan.warnings)
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
@@ -183,10 +191,15 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         )
         if len(slices) == 0:
             raise ScanReadError(entry.path, "no slices to score")
+        from scanqc.scoring.region import region_header
+
         result.update(
             slices=np.ascontiguousarray(slices, dtype=np.float32),
             slice_index=np.asarray(idx, dtype=np.int64),
             warnings=warnings,
+            region_header=region_header(scan),
+            n_slices=int(scan.spatial_shape[0]) if scan.is_volume else 1,
+            is_volume=bool(scan.is_volume),
         )
         del scan
     except ScanReadError as exc:

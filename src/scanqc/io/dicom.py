@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.io import limits
-from scanqc.io.privacy import safe_dicom_metadata
+from scanqc.io.privacy import REDACTION_FIELDS, safe_dicom_metadata
 from scanqc.io.scan import Scan, ScanEntry, ScanReadError, ScanWarning, make_scan_id
 
 #: File name endings that announce DICOM (files without them are still sniffed).
@@ -199,7 +199,7 @@ def sniff(path: str) -> str | None:
 def _tags():
     from pydicom.tag import Tag
 
-    return [Tag(k) for k in _HEADER_KEYWORDS]
+    return [Tag(k) for k in dict.fromkeys((*_HEADER_KEYWORDS, *REDACTION_FIELDS))]
 
 
 _TAG_CACHE: list | None = None

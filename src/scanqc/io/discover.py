@@ -3,7 +3,8 @@
 :func:`discover` walks folders recursively (hidden entries skipped, symlink loops cut,
 unreadable folders and files reported), recognises
 
-* NIfTI by name (``.nii``, ``.nii.gz``): shape and voxel size from the lazy nibabel header;
+* NIfTI by name (``.nii``, ``.nii.gz``): shape and voxel size from the header alone (the
+  first 544 bytes, decompressed when gzipped; parsed with nibabel's header class);
 * 2D images by name (PNG, JPEG, PGM/PPM/PBM, TIFF, BMP): size and mode from PIL without
   decoding;
 * DICOM by content (``DICM`` marker, gzip-wrapped, or a headless ACR-NEMA dataset), with
@@ -12,13 +13,17 @@ unreadable folders and files reported), recognises
 and silently ignores everything else found in a folder (README, CSV, JSON ...). A path
 the user names explicitly that is not a scan gives an ``error`` entry. Nothing here
 raises for a bad file; every problem becomes an entry with a one-line ``error``.
+
+:func:`iter_discover` yields the same entries in chunks as they are found (for a table that
+fills while a large folder is read); :func:`discover` returns them all, sorted.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,24 +117,107 @@ def _walk(
     return items
 
 
-def _nifti_entry(path: str, root: str) -> ScanEntry:
-    """Entry for a NIfTI file from its (lazy) header; shape/spacing in reader axis order."""
+_NIFTI1_MAGIC = (b"n+1\0", b"ni1\0")
+_NIFTI2_MAGIC = (b"n+2\0\r\n\x1a\n", b"ni2\0\r\n\x1a\n")
+
+
+def _read_nifti_head(path: str) -> bytes:
+    """Return the first 544 bytes of a NIfTI file, gunzipped when it is gzip-compressed.
+
+    544 = the NIfTI-2 header (540) plus the 4-byte extension flag; nothing else of the file
+    is read or decompressed.
+    """
+    import gzip
+
+    with open(path, "rb") as raw:
+        if raw.read(2) == b"\x1f\x8b":
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                return gz.read(544)
+        raw.seek(0)
+        return raw.read(544)
+
+
+def _parse_nifti_head(head: bytes) -> tuple[Any, bytes, float] | str:
+    """Return ``(nibabel header, extension flag, vox_offset)``, or why it is not NIfTI.
+
+    The header is built with ``check=False`` (no full ``check_fix``, which costs more than
+    the rest of discovery); the few fixes nibabel would apply to the fields used here
+    (qfac, zero or negative voxel sizes) are applied when needed.
+    """
+    import struct
+
     import nibabel as nib
     import numpy as np
 
+    if len(head) < 348:
+        return f"not a NIfTI file (header of {len(head)} bytes, 348 needed)"
+    klass = endian = None
+    for e in ("<", ">"):
+        size = struct.unpack_from(e + "i", head, 0)[0]
+        if size == 348 and head[344:348] in _NIFTI1_MAGIC:
+            klass, endian = nib.Nifti1Header, e
+        elif size == 540 and len(head) >= 540 and head[4:12] in _NIFTI2_MAGIC:
+            klass, endian = nib.Nifti2Header, e
+    if klass is None:
+        return "not a NIfTI file (no NIfTI-1/-2 header)"
+    hdr = klass(head[:klass.sizeof_hdr], endianness=endian, check=False)
+    pixdim = hdr["pixdim"]
+    if pixdim[0] not in (-1, 1) or np.any(pixdim[1:4] <= 0):
+        hdr.check_fix()  # nibabel's own fixes (qfac 1, |pixdim|, 0 -> 1), as nib.load does
+    size = int(klass.sizeof_hdr)
+    return hdr, head[size:size + 4], float(hdr["vox_offset"])
+
+
+@functools.lru_cache(maxsize=512)
+def _axis_order(rzs: bytes) -> tuple[str, tuple[int, int, int]]:
+    """File axis codes and, per reader axis (S, P, L), the file axis it comes from.
+
+    Cached on the bytes of the affine's 3x3 part: the scans of one dataset mostly share it.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    m = np.frombuffer(rzs, dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = m
+    ornt = nib.orientations.io_orientation(affine)
+    axes = "".join(str(c) for c in nib.orientations.ornt2axcodes(ornt))
+    tr = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(NIFTI_AXES))
+    order = [0, 0, 0]
+    for src, (dst, _flip) in enumerate(tr):
+        order[int(dst)] = src
+    return axes, (order[0], order[1], order[2])
+
+
+def _nifti_entry(path: str, root: str) -> ScanEntry:
+    """Entry for a NIfTI file from its header alone; shape/spacing in reader axis order.
+
+    Only the first 544 bytes are read (decompressed); header extensions or an unusual data
+    offset are checked by :func:`scanqc.io.nifti.check_nifti_header` first, as before a
+    full read.
+    """
+    import numpy as np
+
+    from scanqc.io.limits import MAX_HEADER_BYTES
     from scanqc.io.nifti import check_nifti_header
 
     rel = _rel(path, root)
     try:
-        check_nifti_header(path)  # refuses extension/offset bombs before nibabel reads them
-        img = nib.load(path)
-        shape = tuple(int(s) for s in img.shape)
-        zooms = tuple(float(z) for z in img.header.get_zooms())
-        affine = np.asarray(img.affine, dtype=float)
-    except Exception as exc:  # noqa: BLE001 - any nibabel failure is a read error
+        parsed = _parse_nifti_head(_read_nifti_head(path))
+        if isinstance(parsed, str):
+            return _error_entry(path, root, parsed, "nifti")
+        hdr, ext_flag, vox = parsed
+        if ext_flag[:1] not in (b"", b"\0") or not 0 <= vox <= MAX_HEADER_BYTES:
+            check_nifti_header(path)  # refuses extension/offset bombs (one-line ValueError)
+        hdr.get_data_dtype()  # unknown datatype codes raise, as nib.load would
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        zooms = tuple(float(z) for z in hdr.get_zooms())
+        affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - any header failure is a read error
         msg = " ".join(str(exc).split())[:160]
         return _error_entry(path, root, f"cannot read NIfTI header ({msg})", "nifti")
-    header: dict[str, Any] = {"file_shape": list(shape), "ndim": len(shape)}
+    header: dict[str, Any] = {"file_shape": shape, "ndim": len(shape)}  # tuple: no GC tracking
     if len(shape) > 3:
         header["n_volumes"] = int(np.prod(shape[3:]))
     if len(shape) < 3 or any(s <= 0 for s in shape):
@@ -138,13 +226,10 @@ def _nifti_entry(path: str, root: str) -> ScanEntry:
             f"not a 3D volume (shape {shape})", name=rel, header=header,
         )
     try:
-        header["file_axes"] = "".join(str(c) for c in nib.aff2axcodes(affine))
-        ornt = nib.orientations.io_orientation(affine)
-        target = nib.orientations.axcodes2ornt(NIFTI_AXES)
-        tr = nib.orientations.ornt_transform(ornt, target)
-        order = [0, 0, 0]
-        for src, (dst, _flip) in enumerate(tr):
-            order[int(dst)] = src
+        if not np.all(np.isfinite(affine)):
+            raise ValueError("non-finite affine")
+        axes, order = _axis_order(np.ascontiguousarray(affine[:3, :3]).tobytes())
+        header["file_axes"] = axes
         shape3 = tuple(shape[i] for i in order)
         zooms3 = tuple(zooms[i] for i in order)
     except Exception:  # noqa: BLE001 - degenerate affine: keep file order
@@ -236,7 +321,32 @@ def discover(
     Returns:
         One :class:`ScanEntry` per scan (a DICOM series is one entry), plus ``skipped``
         entries for non-image DICOM objects and ``error`` entries for unreadable files and
-        folders, sorted by name. Never raises for a bad file.
+        folders, sorted by :func:`sort_key`. Never raises for a bad file.
+    """
+    entries = [e for chunk in iter_discover(paths, root=root, progress=progress,
+                                            cancel=cancel) for e in chunk]
+    entries.sort(key=sort_key)
+    return entries
+
+
+def sort_key(entry: ScanEntry) -> tuple[str, str]:
+    """The order of :func:`discover`'s result: display name, then first path."""
+    return (entry.name, entry.path)
+
+
+def iter_discover(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    root: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    chunk_size: int = 200,
+) -> Iterator[list[ScanEntry]]:
+    """Yield the entries of :func:`discover` in chunks, as they are found (unsorted).
+
+    Single-file scans (NIfTI, 2D images, unreadable files) come in chunks of at most
+    ``chunk_size`` while the files are read; DICOM series, which need all their files'
+    headers, and folder errors come at the end. Arguments as :func:`discover`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -250,7 +360,7 @@ def discover(
         if real not in seen:
             seen.add(real)
             unique.append(it)
-    entries: list[ScanEntry] = []
+    chunk: list[ScanEntry] = []
     headers: dict[str, list[dicom.DicomHeader]] = {}
     total = len(unique)
     for i, it in enumerate(unique):
@@ -258,18 +368,21 @@ def discover(
         report(progress, i, total, os.path.basename(it.path))
         entry = _classify(it, headers)
         if entry is not None:
-            entries.append(entry)
+            chunk.append(entry)
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
     report(progress, total, total, "grouping DICOM series")
     for base, hs in headers.items():
         check(cancel)
         try:
-            entries += dicom.headers_to_entries(hs, root=base)
+            chunk += dicom.headers_to_entries(hs, root=base)
         except Exception as exc:  # noqa: BLE001 - safety net: never raise for bad files
             cause = " ".join(f"cannot group DICOM headers ({type(exc).__name__}: {exc})".split())
-            entries += [_error_entry(h.path, base, cause[:200], "dicom") for h in hs]
-    entries += errors
-    entries.sort(key=lambda e: (e.name, e.path))
-    return entries
+            chunk += [_error_entry(h.path, base, cause[:200], "dicom") for h in hs]
+    chunk += errors
+    for i in range(0, len(chunk), max(1, chunk_size)):
+        yield chunk[i:i + chunk_size]
 
 
 def _classify(it: _Item, headers: dict[str, list[dicom.DicomHeader]]) -> ScanEntry | None:

@@ -167,19 +167,55 @@ def _plain(value: Any) -> Any:
     return None
 
 
+#: Person-name fields: their name components are identifiers on their own.
+_NAME_FIELDS = (
+    "PatientName",
+    "OtherPatientNames",
+    "PatientMotherBirthName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+    "OperatorsName",
+)
+#: Other fields whose whole value (or each value of a multi-valued one) is an identifier.
+_ID_FIELDS = (
+    "PatientID",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "PatientBirthDate",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "PatientAddress",
+)
+
+#: Every field :func:`_identifiers` reads (a header-only DICOM read must include them).
+REDACTION_FIELDS: tuple[str, ...] = (*_NAME_FIELDS, *_ID_FIELDS)
+
+
 def _identifiers(ds: Any) -> list[str]:
-    """Identifying strings of ``ds`` (lower case, >= 3 characters) used to redact text."""
+    """Identifying strings of ``ds`` (lower case, >= 3 characters) used to redact text.
+
+    Whole values of :data:`_NAME_FIELDS` and :data:`_ID_FIELDS`, plus the components of
+    person names (family, given ... name, split at ``^``, spaces and commas).
+    """
     found: list[str] = []
-    for kw in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber"):
+    for kw in REDACTION_FIELDS:
         try:
             v = ds.get(kw)
         except Exception:  # noqa: BLE001 - a broken element must not leak or crash
             continue
         if v is None:
             continue
-        text = str(v)
-        parts = [text, *re.split(r"[\^\s,]+", text)]
-        found += [p.strip().lower() for p in parts if len(p.strip()) >= 3]
+        values = list(v) if type(v).__name__ == "MultiValue" else [v]
+        for item in values:
+            text = str(item)
+            parts = [text, *text.split("\\")]
+            if kw in _NAME_FIELDS:
+                parts += re.split(r"[\^\s,=]+", text)
+            found += [p.strip().lower() for p in parts if len(p.strip()) >= 3]
     return found
 
 
@@ -236,26 +272,31 @@ def _safe_dicom_metadata(ds: Any) -> dict[str, Any]:
     return out
 
 
-def scrub(d: dict[str, Any]) -> dict[str, Any]:
+def scrub(d: dict[str, Any], _ids: list[str] | None = None) -> dict[str, Any]:
     """Return a copy of ``d`` safe to export: identifying keys dropped, raw UIDs hashed.
 
     Works recursively through nested dicts and lists. Keys in :data:`PATIENT_FIELDS` are
     removed; any string value that looks like a UID under a key ending in ``UID`` and is
-    not a public DICOM constant is replaced by :func:`hash_uid`; bytes are dropped.
+    not a public DICOM constant is replaced by :func:`hash_uid`; bytes are dropped; any
+    other string that contains one of the identifiers found in ``d`` (the values of its
+    name and id fields, as in :func:`safe_dicom_metadata`) becomes ``"[redacted]"``.
     """
+    ids = _identifiers(d) if _ids is None else _ids
 
     def _value(key: str, v: Any) -> Any:
         if isinstance(v, dict):
-            return scrub(v)
+            return scrub(v, ids)
         if isinstance(v, (list, tuple)):
             return [_value(key, x) for x in v if not isinstance(x, (bytes, bytearray))]
-        if (
-            isinstance(v, str)
-            and key.upper().endswith("UID")
-            and _UID_RE.match(v.strip())
-            and not _is_public_uid(v.strip())
+        if not isinstance(v, str):
+            return v
+        if key.upper().endswith("UID") and _UID_RE.match(v.strip()) and not _is_public_uid(
+            v.strip()
         ):
             return hash_uid(v.strip())
+        low = v.lower()
+        if ids and any(i in low for i in ids):
+            return "[redacted]"
         return v
 
     out: dict[str, Any] = {}

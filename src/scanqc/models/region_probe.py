@@ -20,6 +20,7 @@ trained on are in ``metadata.json``.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,6 +384,46 @@ def load_bundled_probe(name: str = "region") -> RegionProbe:
 # --------------------------------------------------------------------------- training data
 
 
+#: Hand-annotated slice ranges of mixed-region training volumes: manifest path ->
+#: ``(first, last, class)`` as fractions of data axis 0 as scanqc reads the file (0 = first
+#: slice). Slices outside every range (the boundary zone) are left out of training; the
+#: scan-level label stays the manifest's main region. Annotated by looking at the axial
+#: slices, not by any model: example_ct (read with the axis-0 direction pointing
+#: superior) shows femoral heads, acetabula and iliac wings up to about 0.42, the iliac
+#: crest near 0.45, then kidneys, bowel and liver up to the liver dome at the top.
+SLICE_REGIONS: dict[str, tuple[tuple[float, float, str], ...]] = {
+    "totalsegmentator_examples/example_ct.nii.gz": ((0.0, 0.40, "pelvis"),
+                                                    (0.50, 1.0, "abdomen")),
+}
+
+#: Files of the manifest that show the same subject (or the same source image): manifest
+#: path prefix -> group, so that a held-out split never puts them on both sides.
+SAME_SUBJECT: tuple[tuple[str, str], ...] = (
+    ("totalsegmentator_examples/example_ct.nii", "totalsegmentator:subject"),
+    ("totalsegmentator_examples/example_ct_sm", "totalsegmentator:subject"),
+    ("totalsegmentator_examples/example_seg", "totalsegmentator:subject"),
+    ("niivue-demo-images/chris_", "niivue:chris"),
+    ("pydicom_3.0.2_testfiles/CT_small", "nema:CT1"),
+    ("pydicom_3.0.2_testfiles/no_meta", "nema:CT1"),
+    ("pylibjpeg-data/CT1_", "nema:CT1"),
+    ("pydicom_3.0.2_testfiles/MR_", "nema:MR1"),
+    ("pydicom_3.0.2_testfiles/zipMR", "nema:MR1"),
+    ("pydicom_3.0.2_testfiles/JPEG2000", "nema:NM1"),
+    ("pylibjpeg-data/966", "pylibjpeg:966"),
+    ("pylibjpeg-data/TOSHIBA_J2K_SIZ", "pylibjpeg:toshiba_pelvis"),
+    ("torchxrayvision_tests/1.2.276.0.7230010.3.1.4.8323329.6904", "rsna:6904"),
+    ("torchxrayvision_tests/Fake_MONOHR1", "rsna:6904"),
+)
+
+
+def subject_group(set_name: str, rel_path: str) -> str:
+    """Split group of a manifest file: its subject when known (:data:`SAME_SUBJECT`)."""
+    for prefix, group in SAME_SUBJECT:
+        if rel_path.startswith(prefix):
+            return group
+    return f"{set_name}:{rel_path}"
+
+
 #: manifest flags of files that show no anatomy (class ``non_anatomical``).
 NON_ANATOMICAL_FLAGS = frozenset({"non_anatomical", "test_pattern", "non_medical_content"})
 
@@ -399,6 +440,8 @@ class RegionSample:
         licence: Licence of the file.
         permissive: True when the licence allows shipping weights trained on it.
         fine_label: The label before mapping.
+        spans: Per-slice annotation of a mixed-region volume (see :data:`SLICE_REGIONS`);
+            empty: every slice has ``region``.
     """
 
     path: str
@@ -408,6 +451,21 @@ class RegionSample:
     licence: str
     permissive: bool
     fine_label: str
+    spans: tuple[tuple[float, float, str], ...] = ()
+
+    def slice_labels(self, positions: Sequence[float]) -> list[str | None]:
+        """Class of each slice at ``positions`` (fractions of axis 0); ``None``: unlabelled."""
+        if not self.spans:
+            return [self.region] * len(positions)
+        out: list[str | None] = []
+        for pos in positions:
+            lab = None
+            for a, b, cls in self.spans:
+                if a <= float(pos) <= b:
+                    lab = cls
+                    break
+            out.append(lab)
+        return out
 
 
 def region_samples(root: str | Path, permissive_only: bool = True) -> list[RegionSample]:
@@ -465,8 +523,10 @@ def region_samples(root: str | Path, permissive_only: bool = True) -> list[Regio
         if cls is None:
             continue
         seen.add(path)
-        out.append(RegionSample(path, cls, f"{f.set}:{path}", f.set, f.licence,
-                                licence_ok, f.region))
+        rel = Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) \
+            else path
+        out.append(RegionSample(path, cls, subject_group(f.set, rel), f.set, f.licence,
+                                licence_ok, f.region, SLICE_REGIONS.get(rel, ())))
     return out
 
 
@@ -496,8 +556,9 @@ def synthetic_non_anatomical(n: int = 48, size: int = 128, seed: int = 0) -> np.
         elif kind == 3:  # grey-level steps
             k = rng.integers(4, 12)
             img = np.floor(xx * k) / k
-        elif kind == 4:  # noise
-            img = rng.random((size, size)).astype(np.float32)
+        elif kind == 4:  # uniform or Gaussian noise
+            img = (rng.random((size, size)) if rng.random() < 0.5
+                   else rng.normal(0.5, rng.uniform(0.05, 0.3), (size, size))).astype(np.float32)
         elif kind == 5:  # disc phantom with inserts
             img = np.zeros((size, size), np.float32)
             r0 = rng.uniform(0.3, 0.45)
@@ -522,9 +583,18 @@ def synthetic_non_anatomical(n: int = 48, size: int = 128, seed: int = 0) -> np.
 
 
 def sample_slices(
-    path: str, max_slices: int = 12, size: int = 128, prefer_io: bool = True
-) -> np.ndarray:
+    path: str, max_slices: int = 12, size: int = 128, prefer_io: bool = True,
+    return_positions: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Read a scan and return model-ready slices (a volume: evenly spaced, central 80 %).
+
+    Args:
+        path: File or DICOM series folder.
+        max_slices: Slices kept from a volume.
+        size: Slice side in pixels.
+        prefer_io: Read with the product reader first.
+        return_positions: Also return each slice's position along data axis 0 as a
+            fraction (0 = first slice, 1 = last; 0.5 for a 2D image).
 
     Raises:
         scanqc.io.scan.ScanReadError: the file cannot be read.
@@ -533,16 +603,21 @@ def sample_slices(
     from scanqc.models.training_data import read_scan
 
     scan = read_scan(path, prefer_io=prefer_io)
-    slices, _ = scan_to_slices(scan, size=size, max_slices=None if not scan.is_volume
-                               else max(max_slices * 5 // 4, 1))
+    slices, idx = scan_to_slices(scan, size=size, max_slices=None if not scan.is_volume
+                                 else max(max_slices * 5 // 4, 1))
+    depth = int(scan.spatial_shape[0]) if scan.is_volume else 1
     if len(slices) > 2:
         n = len(slices)
         lo, hi = int(0.1 * n), max(int(0.1 * n) + 1, int(np.ceil(0.9 * n)))
-        slices = slices[lo:hi]
+        slices, idx = slices[lo:hi], idx[lo:hi]
         if len(slices) > max_slices:
-            idx = np.unique(np.round(np.linspace(0, len(slices) - 1, max_slices)).astype(int))
-            slices = slices[idx]
-    return slices
+            keep = np.unique(np.round(np.linspace(0, len(slices) - 1, max_slices)).astype(int))
+            slices, idx = slices[keep], idx[keep]
+    if not return_positions:
+        return slices
+    pos = (np.asarray(idx, dtype=np.float64) / (depth - 1)) if depth > 1 else \
+        np.full(len(slices), 0.5)
+    return slices, pos
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -555,7 +630,7 @@ def embed_samples(
     mirror: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> tuple[list[np.ndarray | None], list[str]]:
+) -> tuple[list[np.ndarray | None], list[list[str | None]], list[str]]:
     """Embed every sample's slices; unreadable samples give ``None`` and a one-line error.
 
     Args:
@@ -568,28 +643,35 @@ def embed_samples(
         cancel: Cancellation token.
 
     Returns:
-        ``(embeddings, errors)``: one ``(n_slices, D)`` (``(2 n_slices, D)`` with
-        ``mirror``) array, or ``None``, per sample.
+        ``(embeddings, slice_labels, errors)``: one ``(n_slices, D)`` (``(2 n_slices, D)``
+        with ``mirror``) array, or ``None``, per sample; the class of each row
+        (:meth:`RegionSample.slice_labels`; ``None``: not annotated); the errors.
     """
     from scanqc.models.encoder import embed_slices
 
     out: list[np.ndarray | None] = []
+    labs: list[list[str | None]] = []
     errors: list[str] = []
     for i, s in enumerate(samples):
         check(cancel)
         try:
-            sl = sample_slices(s.path, max_slices=max_slices)
+            sl, pos = sample_slices(s.path, max_slices=max_slices, return_positions=True)
             if not len(sl):
                 out.append(None)
+                labs.append([])
                 continue
+            lab = s.slice_labels(pos)
             if mirror:
                 sl = np.concatenate([sl, sl[:, :, ::-1]])
+                lab = lab + lab
             out.append(embed_slices(encoder, sl))
+            labs.append(lab)
         except Exception as exc:  # noqa: BLE001 - one bad file never stops training
             out.append(None)
+            labs.append([])
             errors.append(" ".join(f"{s.path}: {exc}".split()))
         report(progress, i + 1, len(samples), "embedding training scans")
-    return out, errors
+    return out, labs, errors
 
 
 def grouped_split(
@@ -621,17 +703,31 @@ def grouped_split(
 
 
 def stack_slices(
-    embeddings: Sequence[np.ndarray | None], labels: Sequence[str], index: Sequence[int]
+    embeddings: Sequence[np.ndarray | None],
+    labels: Sequence[str | Sequence[str | None]],
+    index: Sequence[int],
 ) -> tuple[np.ndarray, list[str]]:
-    """Slice-level training rows ``(sum n_i, D)`` and labels for the samples in ``index``."""
+    """Slice-level training rows ``(sum n_i, D)`` and labels for the samples in ``index``.
+
+    ``labels[i]`` is one class for all rows of sample ``i``, or one class (``None``: leave
+    the row out) per row.
+    """
     xs, ys = [], []
     for i in index:
         e = embeddings[i]
         if e is None or len(e) == 0:
             continue
-        xs.append(e)
-        ys.extend([str(labels[i])] * len(e))
-    if not xs:
+        lab = labels[i]
+        if isinstance(lab, str):
+            xs.append(e)
+            ys.extend([lab] * len(e))
+            continue
+        if len(lab) != len(e):
+            raise ValueError(f"sample {i}: {len(lab)} labels for {len(e)} rows")
+        keep = [k for k, v in enumerate(lab) if v is not None]
+        xs.append(e[keep])
+        ys.extend(str(lab[k]) for k in keep)
+    if not xs or not ys:
         raise ValueError("no readable training samples")
     return np.concatenate(xs).astype(np.float32), ys
 
@@ -705,6 +801,9 @@ def resolve_encoder(encoder_dir: str | Path | None = None) -> tuple[nn.Module, d
 
 
 def _model_card(meta: dict[str, Any], held: dict[str, Any], command: str) -> str:
+    tr = meta["training"]
+    per_class = ", ".join(f"{c} {n} ({tr['slices_per_class'].get(c, 0)})"
+                          for c, n in tr["scans_per_class"].items())
     lic_lines = "\n".join(f"| {d['set']} | {d['licence']} | {d['files']} |"
                           for d in meta["training_data"])
     ev = meta["evaluation"]
@@ -726,6 +825,8 @@ one scan = mean of its slice probabilities), plus generated non-anatomical patte
 The final weights are refitted on all files with the same settings.
 
 - scans held out: {ev['n']}; top-1 accuracy: **{ev['accuracy']:.3f}**
+- of which real files: {ev['n_real']}; top-1 accuracy on them: **{ev['accuracy_real']:.3f}**
+  (the others are generated non-anatomical patterns)
 - threshold calibrated on the held-out slices: {meta['threshold']:.3f}
 
 {confusion_markdown(held)}
@@ -741,6 +842,8 @@ or 'none'}) are never predicted by these weights; add them with few-label adapta
 {lic_lines}
 | generated test patterns | none needed (generated) | {meta['synthetic_non_anatomical']} |
 
+Training scans (slices) per class: {per_class}.
+
 Files: `training_files` in metadata.json ({len(meta['training_files'])} scans).
 Not used for these weights: OAI knee crops, RSNA bone age, the Roboflow spine export (no
 licence file), the UFBA dental set, PMC figures, mini-MIAS, CC BY-NC and GPL data; the
@@ -749,8 +852,12 @@ benchmark (benchmarks/region_accuracy.py) evaluates with them.
 ## Limits
 
 Few scans per class; each class mostly from one or two sources, so the probe may learn
-source cues (size, contrast, borders) as well as anatomy. Volumes are classified per axial
-slice; mixed-region volumes are labelled with their main region for training.
+source cues (size, contrast, borders) as well as anatomy. Volumes are classified slice by
+slice along their acquisition axis. Mixed-region volumes are trained with hand-annotated
+slice ranges (`SLICE_REGIONS` in `scanqc.models.region_probe`; boundary slices left out);
+there is a single multi-region CT subject (TotalSegmentator example, abdomen-pelvis), so
+the per-slice split of other chest-abdomen-pelvis or whole-body CTs is not validated
+(docs/region.md, "Measured"). Files of one subject share a split group (`SAME_SUBJECT`).
 """
 
 
@@ -783,28 +890,35 @@ def train_region_model(
     root = Path(root)
     encoder, enc_meta = resolve_encoder(encoder_dir)
     samples = region_samples(root, permissive_only=True)
-    embs, errors = embed_samples(samples, encoder, max_slices=max_slices, mirror=mirror,
-                                 progress=progress, cancel=cancel)
+    embs, slabs, errors = embed_samples(samples, encoder, max_slices=max_slices,
+                                        mirror=mirror, progress=progress, cancel=cancel)
     for e in errors:
         log.warning("%s", e)
     keep = [i for i, e in enumerate(embs) if e is not None]
     samples = [samples[i] for i in keep]
     embs = [embs[i] for i in keep]
+    slabs = [slabs[i] for i in keep]
     syn = embed_slices(encoder, synthetic_non_anatomical(n_synthetic, seed=seed))
     labels = [s.region for s in samples] + ["non_anatomical"] * len(syn)
+    row_labels: list[Any] = [*slabs, *(["non_anatomical"] * len(syn))]
     groups = [s.group for s in samples] + [f"synthetic:{i}" for i in range(len(syn))]
     all_embs: list[np.ndarray | None] = [*embs, *[syn[i:i + 1] for i in range(len(syn))]]
     # held-out evaluation on the original slices only (no mirrors)
     orig = [e if e is None or not mirror or i >= len(embs) else e[: len(e) // 2]
             for i, e in enumerate(all_embs)]
+    orig_labels = [lab if isinstance(lab, str) or not mirror else lab[: len(lab) // 2]
+                   for lab in row_labels]
     tr, te = grouped_split(labels, groups, 0.25, seed)
-    x, y = stack_slices(all_embs, labels, tr)
+    x, y = stack_slices(all_embs, row_labels, tr)
     probe = train_probe(x, y, hidden=hidden, seed=seed, cancel=cancel)
-    xt, yt = stack_slices(orig, labels, te)
+    xt, yt = stack_slices(orig, orig_labels, te)
     thr = calibrate_threshold(probe, xt, yt)
     held = evaluate(probe.classes, scan_probabilities(probe, [orig[i] for i in te]),
                     [labels[i] for i in te])
-    xa, ya = stack_slices(all_embs, labels, range(len(labels)))
+    te_real = [i for i in te if i < len(samples)]  # without the generated patterns
+    held_real = evaluate(probe.classes, scan_probabilities(probe, [orig[i] for i in te_real]),
+                         [labels[i] for i in te_real])
+    xa, ya = stack_slices(all_embs, row_labels, range(len(labels)))
     final = train_probe(xa, ya, hidden=hidden, seed=seed, threshold=thr, cancel=cancel)
     lic: dict[tuple[str, str], int] = {}
     for s in samples:
@@ -824,19 +938,24 @@ def train_region_model(
         "label_map": {k: v for k, v in LABEL_MAP.items() if k},
         "training_data": [{"set": s, "licence": li, "files": n}
                           for (s, li), n in sorted(lic.items())],
-        "training_files": [{"path": r, "region": s.region, "licence": s.licence}
+        "training_files": [{"path": r, "region": s.region, "licence": s.licence,
+                            **({"slice_regions": [list(sp) for sp in s.spans]}
+                               if s.spans else {})}
                            for r, s in zip(rel, samples, strict=True)],
         "synthetic_non_anatomical": len(syn),
         "seed": seed,
         "evaluation": {"split": "StratifiedGroupKFold 1/4 held out, grouped by patient/study",
                        "n": held["n"], "accuracy": held["accuracy"],
+                       "n_real": held_real["n"], "accuracy_real": held_real["accuracy"],
                        "per_class": held["per_class"],
                        "confusion_rows": held["confusion_rows"],
                        "confusion_cols": held["confusion_cols"],
                        "confusion": held["confusion"]},
         "training": {"command": command, "max_slices_per_volume": max_slices,
                      "mirror_augmentation": mirror,
-                     "slices": int(len(xa)), "scans": len(samples), "errors": errors},
+                     "slices": int(len(xa)), "scans": len(samples), "errors": errors,
+                     "scans_per_class": dict(sorted(Counter(labels).items())),
+                     "slices_per_class": dict(sorted(Counter(ya).items()))},
     }
     meta = save_probe(final, out_dir, meta)
     (Path(out_dir) / "MODEL_CARD.md").write_text(_model_card(meta, held, command),

@@ -327,8 +327,51 @@ def knn_region_accuracy(encoder: SliceEncoder, files: list[TrainingFile], size: 
     return float(np.mean(lab[nn_idx] == lab))
 
 
-def write_model_card(out_dir: Path, meta: dict[str, Any]) -> None:
-    """Write ``MODEL_CARD.md`` from the metadata."""
+def exclusion_summary(data_root: str | Path) -> list[dict[str, Any]]:
+    """What the training selection leaves out of ``data_root``, grouped, with the reason.
+
+    Licence exclusions: one row per (set, licence); broken, undecodable or non-anatomical
+    files: one row per set listing the reasons; optional sets: one row each.
+
+    Returns:
+        ``[{"set", "files", "why"}]`` sorted by set.
+    """
+    from collections import defaultdict
+
+    from scanqc.models.training_data import classify_files
+
+    licence: dict[tuple[str, str], int] = defaultdict(int)
+    quality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for f in classify_files(data_root):
+        if f.included:
+            continue
+        if f.reason.startswith("excluded: licence"):
+            why = f.reason.removeprefix("excluded: licence ").strip()
+            licence[(f.set, f"licence: {why}")] += 1
+        elif f.reason.startswith("optional"):
+            why = f.reason.removeprefix("optional: ").strip()
+            licence[(f.set, f"permissive ({why}) but off by default: 28 px thumbnails add "
+                            "little anatomy")] += 1
+        else:
+            quality[f.set][f.reason.removeprefix("excluded: ").strip()] += 1
+    rows = [{"set": k[0], "files": n, "why": k[1]} for k, n in licence.items()]
+    for set_name, reasons in quality.items():
+        detail = "; ".join(f"{r} x{n}" for r, n in sorted(reasons.items()))
+        rows.append({"set": set_name, "files": sum(reasons.values()),
+                     "why": f"not usable as normal anatomy ({detail})"})
+    return sorted(rows, key=lambda r: (r["set"], r["why"]))
+
+
+def write_model_card(out_dir: Path, meta: dict[str, Any],
+                     data_root: str | Path | None = None) -> None:
+    """Write ``MODEL_CARD.md`` from the metadata.
+
+    Args:
+        out_dir: Model folder.
+        meta: Its ``metadata.json`` content.
+        data_root: Data folder, used to list the exclusions when ``meta`` has no
+            ``"excluded"`` entry (weights trained before it existed).
+    """
     tr = meta.get("training", {})
     lines = [
         f"# {meta['name']} {meta['version']}: scanqc bundled slice encoder",
@@ -364,13 +407,30 @@ def write_model_card(out_dir: Path, meta: dict[str, Any]) -> None:
         "|---|---|---|",
     ]
     lines += [f"| {d['set']} | {d['licence']} | {d['files']} |" for d in meta["training_data"]]
+    excluded = meta.get("excluded")
+    if excluded is None and data_root is not None:
+        excluded = exclusion_summary(data_root)
+    lines += [""]
+    if excluded:
+        lines += [
+            "## Excluded from training, and why",
+            "",
+            "Decided file by file by `scanqc.models.training_data.classify_files` (licence "
+            "rules written from each set's SOURCE.md; manifest flags for broken files).",
+            "",
+            "| set | files | why |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {e['set']} | {e['files']} | {e['why']} |" for e in excluded]
+    else:
+        lines += [
+            "Excluded (not used for these weights): CC BY-NC files of niivue-demo-images, "
+            "mini-MIAS (research only), pyKNEEr (GPL-3.0), DICOMSamples and the Roboflow "
+            "spine export (no licence), OAI knee crops, RSNA bone-age hands and RSNA "
+            "challenge CXRs, TBX11K, UFBA dental panoramics, Open-i abdomen figures; plus "
+            "deliberately broken or non-anatomical files (see `scanqc.models.training_data`).",
+        ]
     lines += [
-        "",
-        "Excluded (not used for these weights): CC BY-NC files of niivue-demo-images, "
-        "mini-MIAS (research only), pyKNEEr (GPL-3.0), DICOMSamples and the Roboflow spine "
-        "export (no licence), OAI knee crops, RSNA bone-age hands and RSNA challenge CXRs, "
-        "TBX11K, UFBA dental panoramics, Open-i abdomen figures; plus deliberately broken or "
-        "non-anatomical files (see `scanqc.models.training_data`).",
         "",
         "## Limitations",
         f"- Trained on {tr.get('n_slices')} slices of {tr.get('n_scans')} scans (mostly "
@@ -450,6 +510,7 @@ def train_encoder(
         },
     }
     out = Path(out_dir)
+    meta["excluded"] = exclusion_summary(data_root)
     meta = save_model(encoder, out, meta)
     write_model_card(out, meta)
     return meta

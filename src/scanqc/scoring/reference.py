@@ -18,6 +18,15 @@ The method follows Belton et al. (MIDL 2021) and FewSOME (Belton et al., CVPRW 2
   ``t0`` the default threshold and ``m`` the median leave-one-out statistic (floored at
   ``0.05 * t0``).
 * **flagged** = ``d > threshold``.
+* **Image-quality distance** (optional, when the set holds the references' quality
+  metrics and the caller passes each scan's): the image-quality measures of
+  :func:`scanqc.scoring.quality.quality_metrics` (:data:`QUALITY_KEYS`), each divided by
+  its standard deviation over the references, and the scan's **minimum** RMS difference to
+  a reference (:func:`quality_distances`). It is calibrated like the embedding distance,
+  on the references only (threshold = largest leave-one-out value, median reference at
+  0.1), and fused by ``max``: the encoder is trained to ignore noise and blur (SimCLR
+  augmentations), so artefacts such as ghosting and motion move it little while they move
+  the quality measures a lot.
 * **Combined score.** What scanqc reports: :func:`combine_with_warnings` lifts the score of
   a scan that has a ``"high"`` severity check warning to ``0.9 + 0.1 * distance_score``
   (flagged), i.e. ``max(distance score, severity score)`` with ties between warned scans
@@ -28,7 +37,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +55,15 @@ SEVERITY_SCORE: dict[str, float] = {"high": 0.9}
 _FORMAT = "scanqc-reference-set/1"
 _META_KEY = "scanqc_reference_set"
 _MEDIAN_REFERENCE_SCORE = 0.1  # bad_score of the median reference (leave-one-out)
+
+#: Keys of :func:`scanqc.scoring.quality.quality_metrics` compared with the references
+#: (every measure that function returns; missing or NaN values count as no difference).
+QUALITY_KEYS: tuple[str, ...] = (
+    "snr", "snr_dietrich", "cnr", "efc", "fber", "qi1", "body_fraction", "entropy_bits",
+    "blur", "neighbour_corr", "p01_bit", "p05_bit", "p99_bit", "clipped_high", "clipped_low",
+)
+#: Fewest references with quality metrics for the quality distance to be used.
+MIN_QUALITY_REFERENCES = 3
 
 
 def _as_2d(z: np.ndarray) -> np.ndarray:
@@ -148,6 +167,58 @@ def distance_to_score(distance: np.ndarray | float, threshold: float, scale: flo
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # == 1 / (1 + exp(-x)), overflow-free
 
 
+def quality_matrix(
+    metrics: Sequence[Mapping[str, Any] | None], keys: Sequence[str] = QUALITY_KEYS
+) -> np.ndarray:
+    """Stack per-scan quality metric dicts into ``(N, K)`` floats (NaN where missing)."""
+    out = np.full((len(metrics), len(keys)), np.nan, dtype=np.float64)
+    for i, m in enumerate(metrics):
+        for j, k in enumerate(keys):
+            v = (m or {}).get(k)
+            try:
+                out[i, j] = float(v) if v is not None else np.nan
+            except (TypeError, ValueError):
+                out[i, j] = np.nan
+    return out
+
+
+def quality_distances(x: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """Minimum standardised RMS difference of each row of ``x`` to a reference row.
+
+    Each measure is divided by its standard deviation over ``refs`` (1 where that is
+    zero or undefined); NaN differences count as 0.
+
+    Args:
+        x: ``(N, K)`` quality measures of the scans.
+        refs: ``(R, K)`` quality measures of the references.
+
+    Returns:
+        ``(N,)`` distances.
+    """
+    x2, r = np.atleast_2d(np.asarray(x, float)), np.atleast_2d(np.asarray(refs, float))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+        sd = np.nanstd(r, axis=0, ddof=1) if len(r) > 1 else np.full(r.shape[1], np.nan)
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    diff = (x2[:, None, :] - r[None]) / sd
+    diff = np.where(np.isfinite(diff), diff, 0.0)
+    return np.sqrt((diff**2).mean(axis=2)).min(axis=1)
+
+
+def quality_calibration(refs: np.ndarray) -> tuple[float, float]:
+    """``(threshold, scale)`` of the quality distance, from the references alone.
+
+    The threshold is the largest leave-one-out quality distance of a reference to the
+    others (statistics recomputed without it); the scale maps the median one to 0.1.
+    """
+    r = np.atleast_2d(np.asarray(refs, float))
+    loo = np.array([quality_distances(r[i:i + 1], np.delete(r, i, axis=0))[0]
+                    for i in range(len(r))])
+    t0 = float(loo.max())
+    gap = max(t0 - float(np.median(loo)), 0.05 * t0, 1e-12)
+    return t0, gap / math.log((1 - _MEDIAN_REFERENCE_SCORE) / _MEDIAN_REFERENCE_SCORE)
+
+
 @dataclass
 class ReferenceSet:
     """Embeddings of the user's known-good scans, and what made them.
@@ -162,6 +233,8 @@ class ReferenceSet:
         statistic: Default statistic, ``"mean"`` or ``"min"``.
         threshold: A user-chosen threshold, or None for the default rule.
         threshold_rule: ``"max_pairwise"`` (Belton) or ``"loo"``.
+        quality: Optional ``(R, K)`` image-quality measures of the references (columns
+            :data:`QUALITY_KEYS`, NaN where unknown); enables the quality distance.
     """
 
     scan_ids: list[str]
@@ -171,6 +244,7 @@ class ReferenceSet:
     statistic: Statistic = "mean"
     threshold: float | None = None
     threshold_rule: ThresholdRule = "max_pairwise"
+    quality: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         """Validate shapes and coerce to float32."""
@@ -196,6 +270,19 @@ class ReferenceSet:
                 raise ValueError("slice embeddings must be (N_i, D_slice) with one D_slice")
             self.slice_embeddings = slices
         self.scan_ids = [str(s) for s in self.scan_ids]
+        if self.quality is not None:
+            q = np.asarray(self.quality, dtype=np.float64)
+            if q.shape != (len(self.scan_ids), len(QUALITY_KEYS)):
+                raise ValueError(f"reference quality must be ({len(self.scan_ids)}, "
+                                 f"{len(QUALITY_KEYS)}), got {q.shape}")
+            self.quality = q
+
+    @property
+    def has_quality(self) -> bool:
+        """True when enough references have quality measures for the quality distance."""
+        if self.quality is None:
+            return False
+        return int(np.isfinite(self.quality).any(axis=1).sum()) >= MIN_QUALITY_REFERENCES
 
     @classmethod
     def from_embeddings(
@@ -207,8 +294,15 @@ class ReferenceSet:
         statistic: Statistic = "mean",
         threshold: float | None = None,
         threshold_rule: ThresholdRule = "max_pairwise",
+        quality: Sequence[Mapping[str, Any] | None] | np.ndarray | None = None,
     ) -> ReferenceSet:
-        """Build a reference set from scan-level (and optionally slice) embeddings."""
+        """Build a reference set from scan-level (and optionally slice) embeddings.
+
+        ``quality``: per-reference metric dicts of
+        :func:`scanqc.scoring.quality.quality_metrics` (or an ``(R, K)`` array).
+        """
+        if quality is not None and not isinstance(quality, np.ndarray):
+            quality = quality_matrix(list(quality))
         return cls(
             scan_ids=list(scan_ids),
             embeddings=np.stack([np.asarray(e) for e in embeddings])
@@ -219,6 +313,7 @@ class ReferenceSet:
             statistic=statistic,
             threshold=threshold,
             threshold_rule=threshold_rule,
+            quality=quality,
         )
 
     @property
@@ -254,6 +349,27 @@ class ReferenceSet:
         )
         return pool, owner
 
+    def slice_calibration(self) -> tuple[float, float]:
+        """``(threshold, scale)`` of per-slice scores (computed once per set, cached).
+
+        The threshold is the largest distance of a reference slice to the slices of the
+        *other* references; the scale maps the median of those distances to 0.1.
+        """
+        pool, owner = self.slice_pool()
+        key = (pool.shape, float(pool.sum()))
+        cached = self.__dict__.get("_slice_calibration")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        pp = pairwise_distances(pool, pool)
+        pp[owner[:, None] == owner[None, :]] = np.inf
+        loo = pp.min(axis=1)
+        loo = loo[np.isfinite(loo)]
+        thr = float(loo.max())
+        gap = max(thr - float(np.median(loo)), 0.05 * thr, 1e-12)
+        result = (thr, gap / math.log((1 - _MEDIAN_REFERENCE_SCORE) / _MEDIAN_REFERENCE_SCORE))
+        self.__dict__["_slice_calibration"] = (key, result)
+        return result
+
     # -- persistence: one .safetensors file, JSON metadata, no pickle -----------------
     def save(self, path: str | Path) -> Path:
         """Write the set to ``path`` (a ``.safetensors`` file; JSON in its metadata)."""
@@ -265,6 +381,8 @@ class ReferenceSet:
             pool, owner = self.slice_pool()
             tensors["slice_embeddings"] = np.ascontiguousarray(pool, dtype=np.float32)
             tensors["slice_owner"] = owner
+        if self.quality is not None:
+            tensors["quality"] = np.ascontiguousarray(self.quality, dtype=np.float64)
         meta = {
             "format": _FORMAT,
             "scan_ids": self.scan_ids,
@@ -273,6 +391,7 @@ class ReferenceSet:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "has_slices": bool(self.slice_embeddings),
+            "quality_keys": list(QUALITY_KEYS) if self.quality is not None else None,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta)})
@@ -299,6 +418,14 @@ class ReferenceSet:
         if meta.get("has_slices"):
             pool, owner = tensors["slice_embeddings"], tensors["slice_owner"]
             slices = [pool[owner == i] for i in range(len(meta["scan_ids"]))]
+        quality = None
+        if "quality" in tensors:
+            keys = list(meta.get("quality_keys") or [])
+            src = tensors["quality"]
+            quality = np.full((src.shape[0], len(QUALITY_KEYS)), np.nan)
+            for j, k in enumerate(QUALITY_KEYS):
+                if k in keys:
+                    quality[:, j] = src[:, keys.index(k)]
         return cls(
             scan_ids=list(meta["scan_ids"]),
             embeddings=tensors["embeddings"],
@@ -307,6 +434,7 @@ class ReferenceSet:
             statistic=meta.get("statistic", "mean"),
             threshold=meta.get("threshold"),
             threshold_rule=meta.get("threshold_rule", "max_pairwise"),
+            quality=quality,
         )
 
 
@@ -320,11 +448,15 @@ class ReferenceScore:
         statistic: Which of the two drives the score.
         distance: The value of ``statistic``.
         threshold: The threshold used.
-        distance_score: Calibrated 0..1 score of the distance alone.
-        bad_score: Reported score in 0..1 (``distance_score`` combined with check
-            warnings when given), higher = more likely bad.
-        flagged: ``distance > threshold`` or a high-severity warning.
+        distance_score: Calibrated 0..1 score of the embedding distance alone.
+        bad_score: Reported score in 0..1: ``max(distance_score, quality_score)``
+            combined with check warnings when given; higher = more likely bad.
+        flagged: ``distance > threshold``, ``quality_distance > quality_threshold`` or a
+            high-severity warning.
         nearest_reference: scan id of the closest reference.
+        quality_distance: Image-quality distance to the references (NaN if not used).
+        quality_threshold: Its threshold (NaN if not used).
+        quality_score: Its calibrated 0..1 score (NaN if not used).
     """
 
     mean_distance: float
@@ -336,6 +468,9 @@ class ReferenceScore:
     bad_score: float
     flagged: bool
     nearest_reference: str = ""
+    quality_distance: float = math.nan
+    quality_threshold: float = math.nan
+    quality_score: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict."""
@@ -349,6 +484,9 @@ class ReferenceScore:
             "bad_score": self.bad_score,
             "flagged": self.flagged,
             "nearest_reference": self.nearest_reference,
+            "quality_distance": self.quality_distance,
+            "quality_threshold": self.quality_threshold,
+            "quality_score": self.quality_score,
         }
 
 
@@ -383,6 +521,7 @@ def score_against_references(
     statistic: Statistic | None = None,
     threshold: float | None = None,
     warnings: Sequence[Sequence[ScanWarning] | None] | None = None,
+    quality: Sequence[Mapping[str, Any] | None] | np.ndarray | None = None,
 ) -> list[ReferenceScore]:
     """Score scan embeddings against a reference set.
 
@@ -393,6 +532,8 @@ def score_against_references(
         threshold: Override of the set's threshold.
         warnings: Optional check warnings per scan (same order); see
             :func:`combine_with_warnings`.
+        quality: Optional quality metric dicts per scan (same order; None for a scan
+            without); used when the set :attr:`~ReferenceSet.has_quality`.
 
     Returns:
         One :class:`ReferenceScore` per row.
@@ -408,10 +549,24 @@ def score_against_references(
     thr = float(threshold) if threshold is not None else reference_set.effective_threshold(stat)
     dist = (mean_d, min_d)[idx]
     dscore = distance_to_score(dist, thr, reference_set.scale(stat))
+    qd = qs = np.full(z.shape[0], np.nan)
+    qthr = math.nan
+    if quality is not None and len(quality) != z.shape[0]:
+        raise ValueError(f"{len(quality)} quality rows for {z.shape[0]} embeddings")
+    if quality is not None and reference_set.has_quality:
+        qx = quality if isinstance(quality, np.ndarray) else quality_matrix(list(quality))
+        rq = reference_set.quality[np.isfinite(reference_set.quality).any(axis=1)]
+        qthr, qscale = quality_calibration(rq)
+        known = np.isfinite(qx).any(axis=1)
+        qd = np.where(known, quality_distances(qx, rq), np.nan)
+        qs = np.where(known, distance_to_score(np.nan_to_num(qd), qthr, qscale), np.nan)
     out = []
     for i in range(z.shape[0]):
         ds = float(dscore[i])
-        bad, forced = combine_with_warnings(ds, warnings[i] if warnings is not None else None)
+        fused = max(ds, float(qs[i])) if np.isfinite(qs[i]) else ds
+        bad, forced = combine_with_warnings(fused,
+                                            warnings[i] if warnings is not None else None)
+        q_flag = bool(np.isfinite(qd[i]) and qd[i] > qthr)
         out.append(
             ReferenceScore(
                 mean_distance=float(mean_d[i]),
@@ -421,8 +576,11 @@ def score_against_references(
                 threshold=thr,
                 distance_score=ds,
                 bad_score=bad,
-                flagged=bool(dist[i] > thr) or forced,
+                flagged=bool(dist[i] > thr) or q_flag or forced,
                 nearest_reference=reference_set.scan_ids[int(nearest[i])],
+                quality_distance=float(qd[i]),
+                quality_threshold=float(qthr),
+                quality_score=float(qs[i]),
             )
         )
     return out
@@ -462,16 +620,10 @@ def slice_scores(
     it); the logistic scale uses the median of those leave-one-out distances as for
     scan scores.
     """
-    pool, owner = reference_set.slice_pool()
+    pool, _owner = reference_set.slice_pool()
     s = _as_2d(slice_embeddings)
     dist = pairwise_distances(s, pool).min(axis=1)
-    pp = pairwise_distances(pool, pool)
-    pp[owner[:, None] == owner[None, :]] = np.inf
-    loo = pp.min(axis=1)
-    loo = loo[np.isfinite(loo)]
-    thr = float(loo.max())
-    gap = max(thr - float(np.median(loo)), 0.05 * thr, 1e-12)
-    scale = gap / math.log((1 - _MEDIAN_REFERENCE_SCORE) / _MEDIAN_REFERENCE_SCORE)
+    thr, scale = reference_set.slice_calibration()
     idx = np.arange(len(s)) if slice_index is None else np.asarray(slice_index)
     return SliceScores(
         distances=dist,

@@ -4,8 +4,9 @@ The classifier is :class:`scanqc.models.region_probe.RegionProbe` on the frozen 
 encoder (docs/region.md). A 2D image is one slice. A volume is classified slice by slice
 (at most ``max_slices`` evenly spaced slices); the per-slice labels are smoothed with a
 3-slice majority vote and merged into ordered ranges (e.g. chest 0-40, abdomen 41-80,
-pelvis 81-111), and the scan's region is the class with the highest mean probability.
-Below the probe's calibrated threshold the region is ``unknown``.
+pelvis 81-111); the volume's region is the class covering most slices. Slices (and 2D
+images) below the probe's calibrated threshold are ``unknown``. Batch pipelines that
+already have the base slice embeddings call :func:`region_from_embeddings`.
 
 Header consistency uses :mod:`scanqc.scoring.header` (``header_regions`` and
 ``region_header_mismatch``): a confident prediction that disagrees with BodyPartExamined,
@@ -48,8 +49,10 @@ class RegionPrediction:
     """The region classifier's answer for one scan.
 
     Attributes:
-        region: Predicted class, or ``"unknown"`` below the probe's threshold.
-        confidence: Probability of the top class (mean over slices for a volume).
+        region: Predicted class, or ``"unknown"`` below the probe's threshold. For a
+            volume: the class covering most slices.
+        confidence: Probability of ``region`` (for a volume: its mean over the slices it
+            covers).
         probs: Class -> probability (mean over slices).
         per_slice: For volumes: ``((first, last), region)`` ranges in slice order covering
             every slice; for a 2D image one range ``((0, 0), region)``.
@@ -183,17 +186,159 @@ def _header_warnings(
     scan: Scan, region: str, confidence: float, per_slice_conf: list[tuple[str, float]],
     min_confidence: float,
 ) -> list[ScanWarning]:
-    if region not in HEADER_COMPARABLE:
+    """The header check of a prediction and of the parts a volume covers.
+
+    Consistent when any confidently predicted part (or the scan's region) agrees with the
+    header; otherwise the most confident disagreeing part gives the warning.
+    """
+    cands = [(region, confidence), *[(r, c) for r, c in per_slice_conf if r != region]]
+    cands = [(r, c) for r, c in cands if r in HEADER_COMPARABLE]
+    if not cands:
         return []
-    warns = region_header_mismatch(scan, region, confidence, min_confidence=min_confidence)
-    if not warns:
-        return []
-    # a volume agrees with its header when any confidently covered part agrees
-    for reg, conf in per_slice_conf:
-        if reg in HEADER_COMPARABLE and conf >= min_confidence and reg != region and \
-                not region_header_mismatch(scan, reg, 1.0, min_confidence=0.0):
+    for reg, conf in cands:
+        if conf >= min_confidence and not region_header_mismatch(scan, reg, 1.0,
+                                                                 min_confidence=0.0):
             return []
-    return warns
+    for reg, conf in sorted(cands, key=lambda rc: -rc[1]):
+        warns = region_header_mismatch(scan, reg, conf, min_confidence=min_confidence)
+        if warns:
+            return warns
+    return []
+
+
+#: Header fields the region check reads (:func:`region_header`).
+HEADER_FIELDS: tuple[str, ...] = ("BodyPartExamined", "ProtocolName", "SeriesDescription",
+                                  "StudyDescription")
+
+
+def region_header(scan: Scan) -> dict[str, str]:
+    """The header fields the region check needs, as a small picklable dict.
+
+    Lets a worker process keep only these strings and the main process compare them
+    with the prediction later (:func:`region_from_embeddings`).
+    """
+    from scanqc.scoring.body_mask import meta_get
+
+    out = {}
+    for key in HEADER_FIELDS:
+        v = meta_get(scan, key)
+        if v is not None:
+            out[key] = "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def _header_scan(header: Scan | dict[str, str] | None) -> Scan:
+    if isinstance(header, Scan):
+        return header
+    return Scan(np.zeros((1, 1), np.float32), (1.0, 1.0), np.eye(4), "image",
+                metadata=dict(header or {}))
+
+
+def region_from_probs(
+    p: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    slice_index: Sequence[int] | None = None,
+    *,
+    n_slices: int | None = None,
+    is_volume: bool | None = None,
+    header: Scan | dict[str, str] | None = None,
+    min_confidence: float = 0.7,
+) -> RegionPrediction:
+    """Aggregate per-slice class probabilities into a :class:`RegionPrediction`.
+
+    Args:
+        p: ``(N, n_classes)`` probabilities of the classified slices.
+        classes: Class names of the columns.
+        threshold: Below this top probability a slice (or the scan) is ``unknown``.
+        slice_index: Scan index of each slice (default ``0..N-1``).
+        n_slices: Slices in the scan (default: last index + 1).
+        is_volume: Volume (per-slice coverage) or 2D image; default: ``N > 1``.
+        header: The scan, or its :func:`region_header` dict, for the header check.
+        min_confidence: A header mismatch is reported only from this confidence.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError("need (N, n_classes) slice probabilities, N >= 1")
+    classes = [str(c) for c in classes]
+    idx = np.arange(len(p)) if slice_index is None else np.asarray(slice_index, dtype=np.int64)
+    volume = len(p) > 1 if is_volume is None else bool(is_volume)
+    mean = p.mean(axis=0)
+    s_top = p.argmax(axis=1)
+    s_conf = p[np.arange(len(p)), s_top]
+    s_lab = [classes[t] if c >= threshold else UNKNOWN
+             for t, c in zip(s_top, s_conf, strict=True)]
+    n = int(n_slices) if n_slices is not None else int(idx.max()) + 1
+    if volume:
+        per_slice = slice_ranges(idx, s_lab, n_slices=n)
+        # each covered region: its classified slices and its mean probability over them
+        covered: dict[str, np.ndarray] = {}
+        for (a, b), reg in per_slice:
+            if reg != UNKNOWN:
+                sel = (idx >= a) & (idx <= b)
+                covered[reg] = covered.get(reg, np.zeros(len(idx), bool)) | sel
+        per_conf = [(reg, float(p[sel, classes.index(reg)].mean()) if sel.any() else 0.0)
+                    for reg, sel in covered.items()]
+        if covered:
+            # the scan's region: the class that covers most slices (ties: more probable)
+            region = max(covered, key=lambda r: (int(covered[r].sum()),
+                                                 float(mean[classes.index(r)])))
+            conf = dict(per_conf)[region]
+        else:
+            region, conf = UNKNOWN, float(mean.max())
+    else:
+        top = int(mean.argmax())
+        conf = float(mean[top])
+        region = classes[top] if conf >= threshold else UNKNOWN
+        per_slice = [((0, 0), region)]
+        per_conf = [] if region == UNKNOWN else [(region, conf)]
+    hscan = _header_scan(header)
+    hdr = header_regions(hscan)
+    warns = [] if region == UNKNOWN else _header_warnings(hscan, region, conf, per_conf,
+                                                          min_confidence)
+    return RegionPrediction(
+        region=region, confidence=conf,
+        probs={c: float(v) for c, v in zip(classes, mean, strict=True)},
+        per_slice=per_slice, header_region="/".join(sorted(hdr)), mismatch=bool(warns),
+        warnings=warns,
+    )
+
+
+def region_from_embeddings(
+    embeddings: np.ndarray,
+    probe: RegionProbe | None = None,
+    slice_index: Sequence[int] | None = None,
+    *,
+    n_slices: int | None = None,
+    is_volume: bool | None = None,
+    header: Scan | dict[str, str] | None = None,
+    min_confidence: float = 0.7,
+) -> RegionPrediction:
+    """Region of a scan from its base-encoder slice embeddings (batch pipelines).
+
+    For pipelines that already embed the slices with the bundled encoder (the base
+    embeddings, not a fine-tuned head): no second encoder pass.
+
+    Args:
+        embeddings: ``(N, D)`` unit slice embeddings of the encoder the probe was trained on.
+        probe: Region probe; default: the bundled one.
+        slice_index: Scan index of each slice (default ``0..N-1``).
+        n_slices: Slices in the scan.
+        is_volume: Volume or 2D image (default: ``N > 1``).
+        header: The scan or its :func:`region_header` dict.
+        min_confidence: Header-mismatch confidence floor.
+
+    Raises:
+        scanqc.models.weights.ModelLoadError: bundled probe missing or corrupt.
+    """
+    if probe is None:
+        from scanqc.models.region_probe import load_bundled_probe
+
+        probe = load_bundled_probe()
+    p = probe.predict_proba(np.asarray(embeddings, dtype=np.float32))
+    return region_from_probs(p, probe.classes, probe.threshold, slice_index,
+                             n_slices=n_slices, is_volume=is_volume, header=header,
+                             min_confidence=min_confidence)
 
 
 def predict_region(
@@ -230,33 +375,10 @@ def predict_region(
         probe = load_bundled_probe()
     slices, idx = scan_to_slices(scan, size=DEFAULT_SIZE, max_slices=max_slices)
     p = slice_probabilities(slices, encoder, probe, tta=tta)
-    classes = list(probe.classes)
-    mean = p.mean(axis=0)
-    top = int(mean.argmax())
-    conf = float(mean[top])
-    region = classes[top] if conf >= probe.threshold else UNKNOWN
-    s_top = p.argmax(axis=1)
-    s_conf = p[np.arange(len(p)), s_top]
-    s_lab = [classes[t] if c >= probe.threshold else UNKNOWN
-             for t, c in zip(s_top, s_conf, strict=True)]
     n = int(scan.spatial_shape[0]) if scan.is_volume else 1
-    per_slice = slice_ranges(idx, s_lab, n_slices=n) if scan.is_volume else [((0, 0), region)]
-    # confidence of each covered region: its mean probability over its slices
-    per_conf = []
-    for (a, b), reg in per_slice:
-        if reg == UNKNOWN:
-            continue
-        sel = (idx >= a) & (idx <= b)
-        per_conf.append((reg, float(p[sel, classes.index(reg)].mean()) if sel.any() else 0.0))
-    hdr = header_regions(scan)
-    warns = [] if region == UNKNOWN else _header_warnings(scan, region, conf, per_conf,
-                                                          min_confidence)
-    return RegionPrediction(
-        region=region, confidence=conf,
-        probs={c: float(v) for c, v in zip(classes, mean, strict=True)},
-        per_slice=per_slice, header_region="/".join(sorted(hdr)), mismatch=bool(warns),
-        warnings=warns,
-    )
+    return region_from_probs(p, probe.classes, probe.threshold, idx, n_slices=n,
+                             is_volume=scan.is_volume, header=scan,
+                             min_confidence=min_confidence)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
   image layer, replacing the layers scanqc created for the previous scan (layers the user
   made are never touched).
 * :func:`set_banner`: a text banner on the canvas (napari 0.9 ``viewer.canvas.overlays.text``,
-  older ``viewer.text_overlay``).
+  older ``viewer.text_overlay``); :func:`label_banner` and :func:`score_summary` its text.
 * :func:`make_thumbnail`: a small uint8 picture of a scan's middle slice.
 """
 
@@ -101,6 +101,23 @@ def label_banner(name: str, row: dict[str, Any] | None) -> tuple[str, str]:
     if row.get("region"):
         parts.append(str(row["region"]))
     return "  |  ".join(parts), LABEL_COLORS.get(label, "#ffffff")
+
+
+def score_summary(row: dict[str, Any] | None) -> str:
+    """Return ``"bad_score 0.830"`` (+ ``" FLAGGED"``, ``" region mismatch"``) or ``""``."""
+    value = (row or {}).get("bad_score")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if score != score:  # NaN: not scored
+        return ""
+    text = f"bad_score {score:.3f}"
+    if row.get("flagged"):
+        text += " FLAGGED"
+    if row.get("region_mismatch"):
+        text += " region mismatch"
+    return text
 
 
 def make_thumbnail(scan: Scan, size: int = 48) -> np.ndarray:

@@ -5,7 +5,12 @@
 ``cancel`` keyword arguments (the scanqc convention), it gets a progress callback and a
 :class:`~scanqc.progress.CancelToken`. Progress calls made in the worker thread are
 emitted through a Qt signal, so ``on_progress`` always runs in the GUI thread (and at most
-every 50 ms, so a chatty loop cannot flood the event loop).
+every 50 ms, so a chatty loop cannot flood the event loop). When ``fn`` takes a ``chunk``
+keyword, each ``chunk(part)`` call reaches ``on_chunk(part)`` in the GUI thread, in order
+and before ``on_done``: partial results (rows of a table that fills while it loads).
+
+:func:`call_in_process` runs pure-Python CPU work in a child process; with ``on_item`` it
+streams the items of a generator back one message each.
 
 With ``SCANQC_NOTHREADS=1`` (the tests) everything runs synchronously in the caller.
 """
@@ -16,6 +21,7 @@ import contextlib
 import inspect
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +49,7 @@ class _Relay(QObject):
     """Lives in the GUI thread; signals emitted from the worker are queued to it."""
 
     progress = Signal(int, int, str)
+    chunk = Signal(object)
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -79,6 +86,7 @@ def start_worker(
     on_done: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_cancelled: Callable[[], None] | None = None,
+    on_chunk: Callable[[Any], None] | None = None,
     **kw: Any,
 ) -> WorkerHandle:
     """Run ``fn(*args, **kw)`` in a worker thread and report back in the GUI thread.
@@ -90,6 +98,8 @@ def start_worker(
         on_done: Called with the return value (not called after a cancel).
         on_error: Called with the exception (logged when not given).
         on_cancelled: Called when ``fn`` stopped because it was cancelled.
+        on_chunk: Called in the GUI thread with each ``chunk(part)`` of ``fn`` (when its
+            signature takes ``chunk``), in order, before ``on_done``.
         **kw: Keyword arguments of ``fn``.
 
     Returns:
@@ -100,11 +110,15 @@ def start_worker(
     sync = threads_disabled()
     if sync:
         emit = on_progress
+        emit_chunk = on_chunk
     else:
         relay = _Relay()
         handle._relay = relay
         if on_progress is not None:
             relay.progress.connect(on_progress)
+        if on_chunk is not None:
+            relay.chunk.connect(on_chunk)
+        emit_chunk = relay.chunk.emit
         last = [0.0]
 
         def emit(done: int, total: int, message: str = "") -> None:
@@ -117,6 +131,8 @@ def start_worker(
         kw["progress"] = emit
     if _accepts(fn, "cancel") and "cancel" not in kw:
         kw["cancel"] = token
+    if on_chunk is not None and _accepts(fn, "chunk") and "chunk" not in kw:
+        kw["chunk"] = emit_chunk
 
     def finish(result: Any) -> None:
         handle.running = False
@@ -166,7 +182,8 @@ def cancel_all() -> None:
         handle.cancel()
 
 
-def _child_main(conn: Any, target: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child_main(conn: Any, target: Callable[..., Any], args: tuple, kwargs: dict,
+                stream: bool = False) -> None:
     """Body of the child process of :func:`call_in_process` (runs at a lower priority)."""
     if hasattr(os, "nice"):
         with contextlib.suppress(OSError):
@@ -183,7 +200,11 @@ def _child_main(conn: Any, target: Callable[..., Any], args: tuple, kwargs: dict
         if _accepts(target, "progress"):
             kwargs = {**kwargs, "progress": progress}
         result = target(*args, **kwargs)
-        if isinstance(result, list):
+        if stream:
+            for item in result:  # one message per item, sent as soon as it is made
+                conn.send(("item", pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
+            conn.send(("done", None))
+        elif isinstance(result, list):
             # small messages: unpickling one huge result would hold the parent's GIL
             for i in range(0, len(result), RESULT_CHUNK):
                 conn.send(("chunk", result[i:i + RESULT_CHUNK]))
@@ -201,6 +222,8 @@ def call_in_process(
     *args: Any,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: CancelToken | None = None,
+    on_item: Callable[[Any], None] | None = None,
+    raw_items: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Run ``target(*args, **kwargs)`` in a spawned child process and return its result.
@@ -208,7 +231,12 @@ def call_in_process(
     Meant to be called from a worker thread for CPU-heavy pure-Python work (discovery of a
     large folder): the thread then only waits on a pipe, so it never competes with the GUI
     thread for the GIL. ``target`` must be an importable module-level function; its
-    ``progress`` calls are forwarded; ``cancel`` terminates the child.
+    ``progress`` calls are forwarded; ``cancel`` terminates the child. With ``on_item``,
+    ``target`` returns an iterable (a generator) whose items are sent back as they are
+    made and passed to ``on_item`` in the calling thread; the call then returns ``None``.
+    With ``raw_items`` as well, ``on_item`` gets each item still pickled (``bytes``), to be
+    unpickled where the objects are wanted (the GUI thread): this thread then holds the
+    GIL only for moments, so it never makes the GUI thread wait for it.
 
     Raises:
         Cancelled: ``cancel`` was set.
@@ -218,7 +246,8 @@ def call_in_process(
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, target, args, kwargs), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(child, target, args, kwargs, on_item is not None),
+                       daemon=True)
     proc.start()
     child.close()
     chunks: list[Any] | None = None
@@ -234,6 +263,9 @@ def call_in_process(
                 if kind == "progress":
                     if progress is not None:
                         progress(*payload)
+                elif kind == "item":
+                    on_item(payload if raw_items else pickle.loads(payload))  # type: ignore[misc]
+                    time.sleep(0.001)  # let the GUI thread take the GIL
                 elif kind == "chunk":
                     chunks = (chunks or []) + payload
                     time.sleep(0.001)  # let the GUI thread take the GIL

@@ -1,10 +1,13 @@
 """The "Dataset" dock: open a folder, browse its scans in a table, label them.
 
-* Discovery runs in a worker (progress bar, Cancel); pixels are read only for the scan
-  that is opened and for the thumbnails of rows on screen (both in workers).
+* Discovery runs in a child process driven by a worker (progress bar, Cancel) and sends
+  its rows in parts as it finds them; the table inserts each part in place, so a folder
+  of thousands of scans fills while the GUI stays responsive. Pixels are read only for the
+  scan that is opened and for the thumbnails of rows on screen (both in workers).
 * The table sorts and filters (all words of the filter box must match a row).
 * Click a row or move with the up/down keys to open a scan; it replaces the previous scan's
-  layers (other layers are never touched). A banner on the canvas shows its label.
+  layers (other layers are never touched). A banner on the canvas shows its label and,
+  once scored, its bad_score.
 * Labels (table focused): ``R`` reference, ``G`` good, ``B`` bad with the reason of the
   combo, ``1``-``7`` bad with that reason, ``0`` clear; region and note fields. They apply
   to the selected rows (or the current one) and are written at once to the dataset's
@@ -14,8 +17,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import pickle
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +50,17 @@ from scanqc.widgets._present import (
     label_banner,
     make_thumbnail,
     owned_layers,
+    score_summary,
     set_banner,
     show_scan,
 )
-from scanqc.widgets._state import COLUMNS, entry_row, get_state
+from scanqc.widgets._state import (
+    COLUMNS,
+    discover_packed,
+    entry_row,
+    get_state,
+    unpack_entries,
+)
 from scanqc.widgets._threading import (
     WorkerHandle,
     call_in_process,
@@ -71,6 +84,10 @@ REGIONS: tuple[str, ...] = (
 THUMBNAIL_BATCH = 16
 #: Side of a thumbnail in pixels.
 THUMBNAIL_SIZE = 36
+#: Scans per part sent from discovery to the table (one GUI event each).
+DISCOVERY_CHUNK = 200
+#: Least seconds between two progress bar updates while discovering (each one repaints).
+PROGRESS_REPAINT_S = 0.25
 
 
 def discover_dataset(
@@ -80,25 +97,66 @@ def discover_dataset(
     *,
     progress: Any = None,
     cancel: Any = None,
+    chunk: Any = None,
 ) -> tuple[Path, list[ScanEntry], LabelStore, dict[str, dict[str, Any]]]:
-    """Discover ``paths``, open the label store and build the table rows (worker side).
+    """Discover ``paths`` and open the label store (worker side).
 
     With threads on, discovery runs in a child process (see
     :func:`~scanqc.widgets._threading.call_in_process`) so that parsing thousands of
     headers never holds the GIL the GUI thread needs.
+
+    With ``chunk``, each part is passed on as soon as it is found, as
+    ``chunk((store, labels, part))``: ``labels`` is ``{scan_id: LabelRecord}`` and ``part``
+    a list of entries, or with threads on the same list packed and pickled (``bytes``, see
+    :func:`rows_of_part`), so that this thread never holds the GIL for long. The receiver
+    then owns ``store``; the returned lists are empty.
+
+    Returns:
+        ``(root, entries, store, rows)``: every entry (sorted) and its table row, when no
+        ``chunk`` callback is given.
     """
-    from scanqc.io.discover import discover
+    from scanqc.io.discover import iter_discover, sort_key
 
     str_paths = [str(p) for p in paths]
-    if threads_disabled():
-        entries = discover(str_paths, root=str(root), progress=progress, cancel=cancel)
-    else:
-        entries = call_in_process(discover, str_paths, root=str(root), progress=progress,
-                                  cancel=cancel)
     store = LabelStore.open(store_path, root=root)
     labels = store.as_dict()
+    entries: list[ScanEntry] = []
+    sent = [False]
+
+    def deliver(part: list[ScanEntry] | bytes) -> None:
+        if chunk is not None:
+            chunk((store, labels, part))
+            sent[0] = True
+        else:
+            entries.extend(rows_of_part(part, {})[0])
+
+    try:
+        if threads_disabled():
+            for part in iter_discover(str_paths, root=str(root), progress=progress,
+                                      cancel=cancel, chunk_size=DISCOVERY_CHUNK):
+                deliver(part)
+        else:
+            call_in_process(discover_packed, str_paths, root=str(root), progress=progress,
+                            cancel=cancel, chunk_size=DISCOVERY_CHUNK, on_item=deliver,
+                            raw_items=True)
+    except BaseException:
+        if not sent[0]:
+            store.close()
+        raise
+    entries.sort(key=sort_key)
     rows = {e.scan_id: entry_row(e, labels.get(e.scan_id)) for e in entries}
     return root, entries, store, rows
+
+
+def rows_of_part(part: list[ScanEntry] | bytes, labels: dict[str, Any]
+                 ) -> tuple[list[ScanEntry], dict[str, dict[str, Any]]]:
+    """Entries of one discovery part and their table rows.
+
+    ``part`` is a list of entries, or ``bytes``: a pickled list of
+    :func:`~scanqc.widgets._state.pack_entries` tuples from our own child process.
+    """
+    entries = unpack_entries(pickle.loads(part)) if isinstance(part, bytes) else part
+    return entries, {e.scan_id: entry_row(e, labels.get(e.scan_id)) for e in entries}
 
 
 def load_thumbnails(entries: list[ScanEntry], *, cancel: Any = None,
@@ -133,13 +191,21 @@ class DatasetWidget(QWidget):
         self.state = get_state(napari_viewer)
         self.store_override: Path | None = None
         self._discovery: WorkerHandle | None = None
+        self._listing = False  # a discovery is filling the table (parts arriving)
+        self._progress_shown = 0.0
         self._loading: WorkerHandle | None = None
         self._thumbs: WorkerHandle | None = None
         self._thumb_queue: list[str] = []
         self._pending_open: str | None = None
-        self._generation = 0  # bumped per discovery / dataset; stale callbacks are dropped
+        self._generation = 0  # bumped per dataset; stale thumbnail callbacks are dropped
+        self._disc_gen = 0  # bumped per discovery; stale discovery callbacks are dropped
         self._build_ui()
         self._connect()
+        # One full garbage collection now, while the dock opens (it takes ~0.1-0.3 s with
+        # napari's heap of ~200k objects): CPython runs the next one only after the objects
+        # surviving since this one reach 25 % of the heap, so the entries a listing adds
+        # (~5 per scan) do not set one off while the table fills (docs/labels.md).
+        gc.collect()
         if self.state.entries:  # another Dataset dock of this viewer opened one already
             self._on_dataset_changed()
 
@@ -201,9 +267,10 @@ class DatasetWidget(QWidget):
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.Interactive)
         hh.setStretchLastSection(True)
-        for col, width in (("thumbnail", THUMBNAIL_SIZE + 8), ("name", 180), ("modality", 60),
-                           ("shape", 90), ("spacing", 90), ("region", 80),
-                           ("bad_score", 70), ("warnings", 120), ("label", 110)):
+        for col, width in (("thumbnail", THUMBNAIL_SIZE + 8), ("name", 180), ("modality", 72),
+                           ("shape", 90), ("spacing", 100), ("region", 80),
+                           ("region_mismatch", 100), ("bad_score", 78), ("flagged", 62),
+                           ("warnings", 120), ("label", 110)):
             self.table.setColumnWidth(COLUMNS.index(col), width)
         self.table.setMinimumHeight(200)
         lay.addWidget(self.table, 1)
@@ -268,6 +335,7 @@ class DatasetWidget(QWidget):
             self._keys[getattr(Qt, f"Key_{i}")] = partial(self.apply_reason, reason)
         self.table.installEventFilter(self)
         self.state.dataset_changed.connect(self._on_dataset_changed)
+        self.state.entries_added.connect(self._on_entries_added)
         self.state.rows_changed.connect(self._on_rows_changed)
 
     def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802
@@ -340,72 +408,143 @@ class DatasetWidget(QWidget):
 
     def _start_discovery(self, paths: list[Path], root: Path) -> None:
         self.cancel()
-        self._generation += 1
-        gen = self._generation
+        self._disc_gen += 1
+        gen = self._disc_gen
+        self._listing = False
         self._set_busy(True, "finding scans…")
         self.status.setText(f"Finding scans in {root} …")
         self._discovery = start_worker(
             discover_dataset, paths, root, self.store_path_for(root),
             on_progress=partial(self._on_discovery_progress, gen),
+            on_chunk=partial(self._on_discovery_chunk, gen, root),
             on_done=partial(self._on_discovered, gen),
             on_error=partial(self._on_discovery_error, gen),
             on_cancelled=partial(self._on_discovery_cancelled, gen),
         )
 
-    def _on_discovery_progress(self, gen: int, done: int, total: int, message: str) -> None:
-        if gen != self._generation:
+    def _drop_store(self, store: LabelStore) -> None:
+        if store is not self.state.store:
+            store.close()
+
+    def _on_discovery_chunk(self, gen: int, root: Path, payload: tuple) -> None:
+        store, labels, part = payload
+        if gen != self._disc_gen:
+            self._drop_store(store)
             return
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(min(done, total))
-        self.progress.setFormat(f"{message or 'finding scans'} %v/%m" if total else message)
+        entries, rows = rows_of_part(part, labels)
+        if not self._listing:  # the first part replaces the previous dataset
+            self.state.begin_dataset(root, store)
+            self._listing = True
+        self.state.add_entries(entries, rows)
+
+    def _on_discovery_progress(self, gen: int, done: int, total: int, message: str) -> None:
+        if gen != self._disc_gen:
+            return
+        # cheap on purpose: at most every 250 ms, and without QProgressBar.setValue's
+        # synchronous repaint (updates off around it: the bar is painted with the next
+        # frame, by the event loop, together with the table)
+        now = time.monotonic()
+        if total > 0 and done < total and now - self._progress_shown < PROGRESS_REPAINT_S:
+            return
+        self._progress_shown = now
+        bar = self.progress
+        bar.setUpdatesEnabled(False)
+        try:
+            if total > 0:
+                if bar.maximum() != total:
+                    bar.setRange(0, total)
+                    bar.setFormat("reading headers %v/%m")
+                bar.setValue(min(done, total))
+            elif message and bar.format() != message:
+                bar.setFormat(message)
+        finally:
+            bar.setUpdatesEnabled(True)  # schedules one ordinary (asynchronous) update
 
     def _on_discovered(self, gen: int, result: tuple) -> None:
         root, entries, store, rows = result
-        if gen != self._generation:
-            store.close()
+        if gen != self._disc_gen:
+            self._drop_store(store)
             return
         self._discovery = None
         self._set_busy(False)
-        self.state.set_dataset(root, entries, store, rows)
+        if self._listing:  # the parts are in the table already
+            self._end_listing()
+        else:  # nothing found, or no parts (a caller without chunks)
+            self.state.set_dataset(root, entries, store, rows)
+        self.status.setText(f"{self._summary()}; labels: {store.path}")
+
+    def _end_listing(self) -> None:
+        self._listing = False
+        self.state.finish_dataset()
+
+    def _summary(self) -> str:
+        rows, entries = self.state.rows, self.state.entries
         n_lab = sum(1 for r in rows.values() if r.get("label") or r.get("reference"))
         n_bad = sum(1 for e in entries if e.status != "ok")
-        self.status.setText(
-            f"{len(entries)} scans ({n_bad} unreadable or skipped), {n_lab} labelled; "
-            f"labels: {store.path}")
+        return f"{len(entries)} scans ({n_bad} unreadable or skipped), {n_lab} labelled"
 
     def _on_discovery_error(self, gen: int, exc: BaseException) -> None:
-        if gen != self._generation:
+        if gen != self._disc_gen:
             return
         self._discovery = None
         self._set_busy(False)
-        self.status.setText(f"Discovery failed: {exc}")
+        partial_list = self._listing
+        if partial_list:
+            self._end_listing()
+        self.status.setText(f"Discovery failed: {exc}" +
+                            (f" ({self._summary()} listed before)" if partial_list else ""))
 
     def _on_discovery_cancelled(self, gen: int) -> None:
-        if gen != self._generation:
+        if gen != self._disc_gen:
             return
         self._discovery = None
         self._set_busy(False)
-        self.status.setText("Cancelled.")
+        if self._listing:  # keep what was found, say it is incomplete
+            self._end_listing()
+            self.status.setText(f"Cancelled: {self._summary()} listed (incomplete).")
+        else:
+            self.status.setText("Cancelled.")
 
     def cancel(self) -> None:
-        """Cancel discovery (the table keeps the previous dataset)."""
+        """Cancel discovery (the scans listed so far stay, marked incomplete)."""
         if self._discovery is not None:
             self._discovery.cancel()
 
     def _on_dataset_changed(self) -> None:
+        if self.state.root is not None and not self.folder_edit.text():
+            self.folder_edit.setText(str(self.state.root))
+        if self.state.entries and self.model.in_sync():
+            # a dataset read in parts is complete: its rows are in place already (no reset,
+            # thumbnails and the current scan stay)
+            self.model.refresh()
+            self._update_optional_columns(None)
+            return
         self._generation += 1
         if self._thumbs is not None:
             self._thumbs.cancel()
             self._thumbs = None
         self._thumb_queue = []
         self.model.reload()
-        if self.state.root is not None and not self.folder_edit.text():
-            self.folder_edit.setText(str(self.state.root))
+        self._update_optional_columns(None)
         set_banner(self.viewer, "")
+
+    def _on_entries_added(self, scan_ids: list[str]) -> None:
+        self.model.add_rows(scan_ids)
+
+    def _update_optional_columns(self, scan_ids: list[str] | None) -> None:
+        """Show the region check column once some result carries ``region_mismatch``."""
+        col = COLUMNS.index("region_mismatch")
+        if not self.table.isColumnHidden(col) and scan_ids is not None:
+            return
+        rows = self.state.rows
+        ids = rows.keys() if scan_ids is None else scan_ids
+        carried = any(rows[s].get("region_mismatch") is not None for s in ids if s in rows)
+        if carried or scan_ids is None:
+            self.table.setColumnHidden(col, not carried)
 
     def _on_rows_changed(self, scan_ids: list[str] | None) -> None:
         self.model.refresh(scan_ids)
+        self._update_optional_columns(scan_ids)
         cur = self.state.current
         if cur is not None and (scan_ids is None or cur in scan_ids):
             self._update_banner()
@@ -500,14 +639,19 @@ class DatasetWidget(QWidget):
             return
         row = self.state.rows.get(sid, {})
         text, color = label_banner(row.get("name") or sid, row)
-        set_banner(self.viewer, text, color)
+        score = score_summary(row)
+        set_banner(self.viewer, f"{text}  |  {score}" if score else text, color)
 
     def _show_fields(self, scan_id: str) -> None:
         row = self.state.rows.get(scan_id, {})
         reason = row.get("reason")
         if reason in REASONS:
             self.reason_combo.setCurrentIndex(REASONS.index(reason))
-        self.region_combo.setCurrentText(row.get("region") or "")
+        self.region_combo.setCurrentText(row.get("label_region") or "")
+        predicted = row.get("predicted_region")
+        self.region_combo.lineEdit().setPlaceholderText(
+            f"predicted: {predicted} (type to label)" if predicted
+            else "region (or your own class)")
         self.note_edit.setText(row.get("note") or "")
 
     # -- labelling -----------------------------------------------------------------------
@@ -547,7 +691,7 @@ class DatasetWidget(QWidget):
 
     def _on_region_edited(self) -> None:
         text = self.region_combo.currentText().strip() or None
-        ids = [s for s in self.selected_ids() if self.state.rows[s].get("region") != text]
+        ids = [s for s in self.selected_ids() if self.state.rows[s].get("label_region") != text]
         if ids and self.state.store is not None:
             self._write(ids, region=text)
 
@@ -603,6 +747,7 @@ class DatasetWidget(QWidget):
         self._open_timer.stop()
         try:
             self.state.dataset_changed.disconnect(self._on_dataset_changed)
+            self.state.entries_added.disconnect(self._on_entries_added)
             self.state.rows_changed.disconnect(self._on_rows_changed)
         except (TypeError, ValueError, RuntimeError):
             pass

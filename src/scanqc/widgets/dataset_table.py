@@ -3,16 +3,22 @@
 Thumbnails are requested only when the view paints a row (``DecorationRole``), so only
 visible rows ever get one; the model then emits ``thumbnails_wanted`` (debounced) and the
 widget loads them in a worker.
+
+While a large folder is read, :meth:`DatasetTableModel.add_rows` inserts each part at its
+place in the final (discovery) order, one ``beginInsertRows`` per contiguous run: no model
+reset, no re-sort of the rows already shown.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QTimer, Signal
 from qtpy.QtGui import QBrush, QColor, QImage, QPixmap
 
+from scanqc.io.discover import sort_key
 from scanqc.widgets._state import COLUMNS, ViewerState
 
 #: Header titles per column.
@@ -23,7 +29,9 @@ HEADERS = {
     "shape": "shape",
     "spacing": "spacing (mm)",
     "region": "region",
+    "region_mismatch": "region check",
     "bad_score": "bad score",
+    "flagged": "flagged",
     "warnings": "warnings",
     "label": "label",
     "reference": "ref",
@@ -44,6 +52,15 @@ def _display(col: str, row: dict[str, Any]) -> str:
         return f"{value}: {row['reason']}" if row.get("reason") else str(value)
     if col == "reference":
         return "\u2713" if value else ""
+    if col == "flagged":
+        return "flagged" if value else ""
+    if col == "region_mismatch":
+        if value is None or value != value:
+            return ""
+        if not value:
+            return "ok"
+        header = row.get("header_region")
+        return f"mismatch (header: {header})" if header else "mismatch"
     if col == "bad_score":
         return "" if value is None or value != value else f"{float(value):.3f}"
     if value is None:
@@ -57,8 +74,10 @@ def _sort_key(col: str, row: dict[str, Any]) -> Any:
     value = row.get(col)
     if col == "bad_score":
         return -1.0 if value is None or value != value else float(value)
-    if col == "reference":
+    if col in ("reference", "flagged"):
         return int(bool(value))
+    if col == "region_mismatch":
+        return -1 if value is None or value != value else int(bool(value))
     return _display(col, row).lower()
 
 
@@ -71,6 +90,7 @@ class DatasetTableModel(QAbstractTableModel):
         super().__init__(parent)
         self.state = state
         self.ids: list[str] = []
+        self._keys: list[tuple[str, str]] = []  # sort_key of each row, in row order
         self._row_of: dict[str, int] = {}
         self.thumbnails: dict[str, QPixmap | None] = {}
         self.show_thumbnails = True
@@ -83,14 +103,59 @@ class DatasetTableModel(QAbstractTableModel):
 
     # -- structure -----------------------------------------------------------------------
 
+    def _state_ids(self) -> list[str]:
+        rows, seen, out = self.state.rows, set(), []
+        for e in self.state.entries:
+            if e.scan_id in rows and e.scan_id not in seen:
+                seen.add(e.scan_id)
+                out.append(e.scan_id)
+        return out
+
     def reload(self) -> None:
         """Rebuild from the state (a new dataset)."""
         self.beginResetModel()
-        self.ids = [e.scan_id for e in self.state.entries if e.scan_id in self.state.rows]
+        self.ids = self._state_ids()
+        self._keys = [self._key(sid) for sid in self.ids]
         self._row_of = {sid: i for i, sid in enumerate(self.ids)}
         self.thumbnails = {}
         self._wanted = []
         self.endResetModel()
+
+    def in_sync(self) -> bool:
+        """True when the rows are exactly the state's entries, in the state's order."""
+        return self.ids == self._state_ids()
+
+    def _key(self, sid: str) -> tuple[str, str]:
+        entry = self.state.entry(sid)
+        return sort_key(entry) if entry is not None else ("", sid)
+
+    def add_rows(self, scan_ids: list[str]) -> None:
+        """Insert the rows of ``scan_ids`` (new entries of the state) at their sorted places.
+
+        Rows go where :func:`~scanqc.io.discover.discover`'s order puts them, so when the
+        last part has arrived the table is already in the final order. Each contiguous run
+        is one ``beginInsertRows``/``endInsertRows`` (views keep their selection and
+        scroll position; a sorting proxy places only the new rows).
+        """
+        new = sorted((self._key(s), s) for s in dict.fromkeys(scan_ids)
+                     if s not in self._row_of and s in self.state.rows)
+        i = 0
+        while i < len(new):
+            pos = bisect.bisect_right(self._keys, new[i][0])
+            limit = self._keys[pos] if pos < len(self._keys) else None
+            j = i + 1
+            while j < len(new) and (limit is None or new[j][0] < limit):
+                j += 1
+            run = new[i:j]
+            self.beginInsertRows(QModelIndex(), pos, pos + len(run) - 1)
+            self.ids[pos:pos] = [sid for _, sid in run]
+            self._keys[pos:pos] = [key for key, _ in run]
+            if pos == len(self.ids) - len(run):
+                self._row_of.update((sid, pos + k) for k, (_, sid) in enumerate(run))
+            else:
+                self._row_of = {sid: r for r, sid in enumerate(self.ids)}
+            self.endInsertRows()
+            i = j
 
     def refresh(self, scan_ids: list[str] | None = None) -> None:
         """Tell the views that the rows of ``scan_ids`` (all when ``None``) changed."""
@@ -154,6 +219,10 @@ class DatasetTableModel(QAbstractTableModel):
         if role == Qt.ToolTipRole:
             if col == "warnings" and row.get("warnings"):
                 return str(row["warnings"])
+            if col in ("region", "region_mismatch"):
+                tip = _region_tip(row)
+                if tip:
+                    return tip
             if row.get("note"):
                 return f"note: {row['note']}"
         return None
@@ -182,6 +251,20 @@ class DatasetTableModel(QAbstractTableModel):
         for sid in scan_ids:
             if self.thumbnails.get(sid) is None:
                 self.thumbnails.pop(sid, None)
+
+
+def _region_tip(row: dict[str, Any]) -> str:
+    parts = []
+    if row.get("label_region"):
+        parts.append(f"labelled: {row['label_region']}")
+    if row.get("predicted_region"):
+        conf = row.get("region_confidence")
+        conf_txt = f" ({float(conf):.0%})" if isinstance(conf, (int, float)) and conf == conf \
+            else ""
+        parts.append(f"predicted: {row['predicted_region']}{conf_txt}")
+    if row.get("header_region"):
+        parts.append(f"header: {row['header_region']}")
+    return "; ".join(parts)
 
 
 def _pixmap(arr: np.ndarray) -> QPixmap:

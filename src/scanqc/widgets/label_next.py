@@ -122,15 +122,28 @@ class LabelNextWidget(QWidget):
         self._draw_curve()
 
     def _draw_curve(self) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         ax = self.ax
         ax.clear()
         hist = self.queue.history if self.queue is not None else []
+        step = self.batch_spin.value()
         if hist:
             n, acc = zip(*hist, strict=True)
             ax.plot(n, acc, "o-", ms=3)
-        ax.set_ylim(0, 1.02)
+            ax.annotate(f"{acc[-1]:.2f}", (n[-1], acc[-1]), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=7)
+            ax.set_xlim(0, max(n) + step)
+        else:
+            ax.set_xlim(0, 3 * step)
+            ax.text(0.5, 0.5, "your learning curve appears\nafter a few labels of 2 classes",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                    color="gray")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        ax.set_ylim(0, 1.05)
         ax.set_xlabel("labels", fontsize=8)
         ax.set_ylabel("CV accuracy", fontsize=8)
+        ax.set_title("your learning curve", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         self.figure.tight_layout()
@@ -144,12 +157,19 @@ class LabelNextWidget(QWidget):
     # -- state ---------------------------------------------------------------------------
 
     def _on_dataset_changed(self) -> None:
+        waiting = self._want_next and self.queue is None and not self._busy
         self.cancel()
         self.queue = None
         self.errors = {}
         self.upcoming.clear()
         self._draw_curve()
+        if self.state.loading:
+            self._want_next = waiting
+            self.status.setText("Reading the dataset …")
+            return
         self.status.setText(f"{len(self.state.entries)} scans; press Next to start.")
+        if waiting:  # Next was pressed while the dataset was still being read
+            self.next_scan()
 
     def _on_strategy(self, strategy: str) -> None:
         if self.queue is not None:
@@ -187,6 +207,11 @@ class LabelNextWidget(QWidget):
 
     def next_scan(self) -> None:
         """Open the next suggested scan (embedding / ranking first when needed)."""
+        if self.state.loading:  # the Dataset dock is still reading: start when it ends
+            self._want_next = True
+            self.status.setText("Waiting for the Dataset dock to finish reading the "
+                                "folder; then the scans are embedded and ranked.")
+            return
         if not self.state.entries:
             self.status.setText("Open a dataset in the Dataset dock first.")
             return

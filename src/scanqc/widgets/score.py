@@ -103,6 +103,22 @@ def table_fields(row: dict[str, Any]) -> dict[str, Any]:
         "warnings": ", ".join(codes),
         "max_severity": row.get("max_severity") or "",
         "score_status": status,
+        **_region_fields(row),
+    }
+
+
+def _region_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The region columns of an engine row, when the engine predicted a region."""
+    region = row.get("region")
+    if not isinstance(region, str) or not region:
+        return {}
+    mismatch = row.get("region_mismatch")
+    return {
+        "region": region,
+        "region_confidence": row.get("region_confidence"),
+        "header_region": row.get("header_region") or None,
+        "region_mismatch": None if mismatch is None or mismatch != mismatch
+        else bool(mismatch),
     }
 
 
@@ -245,47 +261,18 @@ def train_references(
     progress: Any = None,
     cancel: CancelToken | None = None,
 ) -> Any:
-    """Fine-tune the reference head on ``ref_entries``; return an encoder module for the engine.
+    """Fine-tune the reference head on ``ref_entries`` (worker side).
 
-    The module is the frozen encoder followed by the fitted head, so the engine embeds and
-    scores with the fine-tuned model (``ScoreConfig.encoder``).
+    Returns:
+        The fitted :class:`scanqc.models.siamese.ReferenceModel`; the dock passes it as
+        ``ScoreConfig.reference_model``, so later runs embed through the trained head.
     """
-    import torch
-
-    from scanqc.batch.pipeline import prepare_entry
-    from scanqc.models.siamese import fit_reference_model
-    from scanqc.progress import check, report
+    from scanqc.batch.engine import fit_references
 
     if len(ref_entries) < 2:
         raise ValueError("mark at least 2 reference scans to train on")
-    opts = config.prep_options(config.root, False)
-    slices = []
-    for i, entry in enumerate(ref_entries):
-        check(cancel)
-        res = prepare_entry(entry, opts)
-        if res["slices"] is None:
-            log.warning("reference skipped: %s", res["row"].get("error"))
-        else:
-            slices.append(res["slices"])
-        report(progress, i + 1, len(ref_entries), f"reading reference {i + 1}")
-    model = fit_reference_model(slices, encoder=config.encoder, epochs=epochs,
-                                device=config.device, progress=progress, cancel=cancel)
-    return torch.nn.Sequential(model.encoder, model.head).eval()
-
-
-def _reference_context(config: Any, references: list[str], pool: list[ScanEntry],
-                       progress: Any, cancel: CancelToken | None) -> Any:
-    """An engine run with its reference set built (``refset``, ``embedder``)."""
-    import dataclasses
-
-    from scanqc.batch.engine import _Run  # noqa: PLC2701 - see docs/widgets.md (engine API)
-
-    # one scan at a time: inline, so the kept run holds no process pool
-    run = _Run(dataclasses.replace(config, workers=0, scheduler=None), progress, cancel,
-               None, None)
-    run.root = config.root
-    run.build_references(references, pool)
-    return run
+    return fit_references([e.scan_id for e in ref_entries], ref_entries, config,
+                          epochs=epochs, progress=progress, cancel=cancel)
 
 
 def scan_details(
@@ -307,7 +294,7 @@ def scan_details(
             unless ``with_row`` is False).
         pool: Entries the references are looked up in.
         config: Engine settings.
-        context: A previous engine run with the reference set built (reused).
+        context: A previous :class:`scanqc.batch.engine.ReferenceContext` (reused).
         with_row: Also score the scan (its engine row).
         progress: ``progress(done, total, message)``.
         cancel: Stops the work (raises :class:`scanqc.progress.Cancelled`).
@@ -315,31 +302,31 @@ def scan_details(
     Returns:
         ``(details, context)``; keep ``context`` to reuse the reference set.
     """
+    from scanqc.batch.engine import build_reference_context
     from scanqc.batch.pipeline import prepare_entry
-    from scanqc.scoring.reference import slice_scores
 
-    if references and (context is None or context.refset is None):
-        context = _reference_context(config, references, pool, progress, cancel)
+    if references and context is None:
+        context = build_reference_context(references, pool, config, progress=progress,
+                                          cancel=cancel)
     details = ScanDetails(scan_id=entry.scan_id)
     if with_row:
         if context is None:
             raise ValueError("mark at least 2 reference scans to score one scan "
                              "(or score the whole dataset)")
-        context.cancel, context.progress = cancel, progress
-        details.row = next(iter(context.execute([entry], None)), None)
+        rows = context.score_entries([entry], progress=progress, cancel=cancel)
+        details.row = rows[0] if rows else None
     res = prepare_entry(entry, config.prep_options(config.root, False))
     details.warnings = list(res["warnings"])
     if res["slices"] is None:
         return details, context
     if entry.shape:
         details.shape = tuple(int(s) for s in entry.shape)
-    if context is not None and context.refset is not None and len(res["slices"]) > 1 \
-            and context.refset.slice_embeddings:
-        sv = context.embedder.embed(res["slices"])
-        ss = slice_scores(sv, context.refset, res["slice_index"])
-        details.slice_index = np.asarray(ss.slice_index, dtype=int)
-        details.slice_scores = np.asarray(ss.bad_scores, dtype=float)
-        details.worst = ss.worst(3)
+    if context is not None:
+        ss = context.slice_scores(res["slices"], res["slice_index"])
+        if ss is not None:
+            details.slice_index = np.asarray(ss.slice_index, dtype=int)
+            details.slice_scores = np.asarray(ss.bad_scores, dtype=float)
+            details.worst = ss.worst(3)
     return details, context
 
 
@@ -524,8 +511,7 @@ class ScoreWidget(QWidget):
         }
         kw.update(self.config_overrides)
         if self.finetuned is not None:
-            kw["encoder"] = self.finetuned
-            kw.setdefault("model_name", "encoder+reference-head")
+            kw["reference_model"] = self.finetuned
         return make_config(**kw)
 
     # -- runs -----------------------------------------------------------------------------
