@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     real = [r for r in scored if r["name"] not in ("blank.png", "noise.png")
             and "other/blank" not in (r.get("path") or "")
             and "other/noise" not in (r.get("path") or "")]
-    worst = max(real or scored, key=lambda r: r["bad_score"])
+    # bad_score saturates at 1: the largest distance breaks ties
+    worst = max(real or scored, key=lambda r: (r["bad_score"], r.get("mean_distance") or 0))
+    for r in sorted(scored, key=lambda r: -r["bad_score"])[:14]:
+        print(f"  {r['bad_score']:.3f} {r.get('mean_distance') or 0:.3f} "
+              f"{'F' if r.get('flagged') else ' '} {r.get('path')}", file=sys.stderr)
     dataset.select_scan(worst["scan_id"])
     wait(app, lambda: score.details is not None and state.current == worst["scan_id"], 120)
     for _ in range(50):

@@ -172,3 +172,53 @@ def test_sigkill_then_resume_reads_no_scan_twice(tmp_path):
     # every run reads them to build the reference set; their rows come from the cache)
     assert not (set(second) - ref_ids) & after_kill
     assert set(first) | set(second) >= {r["scan_id"] for r in rows if r["status"] == "ok"}
+
+
+def test_references_marked_in_the_label_store_are_used(tmp_path, tiny_model, capsys):
+    """References marked in napari (the dataset's label store) drive `scanqc score`."""
+    from scanqc.io.discover import discover
+    from scanqc.io.labels import LabelStore, default_store_path
+
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, odd=1)
+    ids = {e.paths[0].split("/ds/")[-1]: e.scan_id for e in discover([root])}
+    with LabelStore.for_dataset(root) as store:
+        store.set_many([ids["sub/vol0.nii.gz"], ids["sub/vol1.nii.gz"]], reference=True)
+        store.set(ids["odd0.nii.gz"], label="bad", reason="artifact")
+    args = ["--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"]
+
+    out = tmp_path / "store.csv"
+    assert main(["score", str(root), "--out", str(out), *args]) == 0
+    assert "using the 2 reference scans marked in" in capsys.readouterr().err
+    rows = [r for r in read_report(out) if r["status"] == "ok"]
+    assert {r["reference_set_id"] for r in rows} != {"knn"}
+    assert {r["reference_set_id"] for r in rows} == {rows[0]["reference_set_id"]}
+
+    # the same references through an exported labels CSV, and the store file itself
+    csv_file = tmp_path / "labels.csv"
+    assert main(["labels", "export", str(root), "--out", str(csv_file)]) == 0
+    for ref_file in (csv_file, default_store_path(root)):
+        out2 = tmp_path / f"{ref_file.suffix[1:]}.csv"
+        assert main(["score", str(root), "--out", str(out2), "--references", str(ref_file),
+                     *args]) == 0
+        same = {r["scan_id"]: r["bad_score"] for r in read_report(out2)}
+        assert same == pytest.approx({r["scan_id"]: r["bad_score"] for r in read_report(out)
+                                      if r["scan_id"] in same})
+    capsys.readouterr()
+
+    # --no-labels: the unsupervised fallback
+    out3 = tmp_path / "nolabels.csv"
+    assert main(["score", str(root), "--out", str(out3), "--no-labels", *args]) == 0
+    assert "using the" not in capsys.readouterr().err
+    assert {r["reference_set_id"] for r in read_report(out3) if r["status"] == "ok"} == {"knn"}
+
+
+def test_labels_csv_without_references_is_a_one_line_error(tmp_path, tiny_model, capsys):
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=0)
+    f = tmp_path / "labels.csv"
+    f.write_text("scan_id,label,reference\nabc,bad,0\n")
+    rc = main(["score", str(root), "--out", str(tmp_path / "r.csv"), "--references", str(f),
+               "--no-progress"])
+    assert rc != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("labels.csv: no row of the labels CSV is marked as a reference" in e
+               for e in err)

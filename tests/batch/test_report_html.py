@@ -48,3 +48,20 @@ def test_html_without_distances_uses_scores(tmp_path):
              "flagged": i > 7} for i in range(10)]
     out = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False)
     assert "<b>2</b> flagged" in out.read_text()
+
+
+def _thumb_counts(text: str) -> list[int]:
+    """Thumbnails per table row, in report order."""
+    rows = text.split("<tr")[2:]  # skip the header row
+    return [r.count("class='thumb'") for r in rows]
+
+
+def test_thumbnails_go_to_flagged_scans_first(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_vol=1, n_img=0)
+    rows = _rows(root)
+    text = write_html_report(rows, tmp_path / "all.html", root=str(root)).read_text()
+    counts = _thumb_counts(text)
+    assert counts[0] >= 1 and counts[1] >= 1  # the flagged image, then the unflagged volume
+    assert counts[2] == 0  # the unreadable file: no thumbnail, no crash
+    one = write_html_report(rows, tmp_path / "one.html", root=str(root), max_thumbnails=1)
+    assert _thumb_counts(one.read_text())[:2] == [counts[0], 0]

@@ -4,8 +4,8 @@ Summary counts, the histogram of the distance (or bad score) with the threshold 
 then the scans: flagged first (highest score first) with thumbnails of the middle and
 the worst slice, their warnings and region, and a relative link to the file. Every
 string from the data is HTML-escaped; only the report columns (no patient identifiers)
-are shown. Thumbnails are re-read from the files for the first ``max_thumbnails``
-flagged scans only, so the report stays small for large datasets.
+are shown. Thumbnails are re-read from the files for the first ``max_thumbnails`` scored
+scans in report order (flagged ones first), so the report stays small for large datasets.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def write_html_report(
         root: Dataset root the row paths are relative to (for thumbnails and links).
         statistic: Which distance column the histogram shows (``mean`` or ``min``).
         title: Page title.
-        max_thumbnails: Flagged scans that get thumbnails (read again from disk).
+        max_thumbnails: Scans that get thumbnails (read again from disk), in report
+            order, so flagged scans get them first.
         max_rows: Rows listed in the table (flagged first); the rest are counted only.
         load_thumbnails: Read the files for thumbnails at all.
 
@@ -195,7 +196,7 @@ def write_html_report(
         status = str(row.get("status") or "")
         cls = "flagged" if row.get("flagged") else status
         imgs = ""
-        if load_thumbnails and row.get("flagged") and status == "ok" and (
+        if load_thumbnails and status == "ok" and (
                 n_thumbs < max_thumbnails):
             n_thumbs += 1
             try:

@@ -38,8 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
     p.add_argument("--out", "-o", type=Path, required=True, help="report file to write")
     p.add_argument("--references", "-r", type=Path, default=None, metavar="FILE",
-                   help="text file listing known-good scans, one path or scan_id per line "
-                        "(# comments allowed)")
+                   help="known-good scans: a text file with one path or scan_id per line "
+                        "(# comments allowed), a labels CSV from 'scanqc labels export' (rows "
+                        "with reference=1) or a label store (.sqlite). Default: the "
+                        "references marked in the dataset's label store, if any")
+    p.add_argument("--no-labels", action="store_true",
+                   help="ignore the references marked in the dataset's label store")
     p.add_argument("--format", choices=("csv", "parquet", "json"), default=None,
                    help="report format (default: from the --out suffix, else csv); json = "
                         "JSON lines")
@@ -80,16 +84,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def read_reference_file(path: str | Path) -> list[str]:
     """Return the items of a reference list: one path or scan_id per line, ``#`` comments.
 
-    Relative paths that exist relative to the list's folder are made absolute.
+    Relative paths that exist relative to the list's folder are made absolute. A label
+    store (SQLite) or a labels CSV (a header with a ``reference`` column, as written by
+    ``scanqc labels export``) gives the scans marked as references.
 
     Raises:
         ValueError: The file cannot be read (one line).
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        if data.startswith(b"SQLite format 3\x00"):
+            return _store_references(path)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the reference list ({exc})") from exc
+    first = text.lstrip("\ufeff").split("\n", 1)[0].strip().lower().split(",")
+    if "reference" in first and ("scan_id" in first or "path" in first):
+        return _csv_references(path, text)
     items = []
     for line in text.splitlines():
         item = line.split("#", 1)[0].strip()
@@ -102,6 +114,55 @@ def read_reference_file(path: str | Path) -> list[str]:
     if not items:
         raise ValueError(f"{path}: the reference list is empty")
     return items
+
+
+def _store_references(path: Path) -> list[str]:
+    """scan_ids of the references in the label store at ``path`` (at least one)."""
+    from scanqc.io.labels import LabelStore
+
+    with LabelStore.open(path) as store:
+        items = [r.scan_id for r in store.references()]
+    if not items:
+        raise ValueError(f"{path}: the label store has no reference scans")
+    return items
+
+
+def _csv_references(path: Path, text: str) -> list[str]:
+    """scan_ids (else paths) of the rows marked ``reference`` in a labels CSV."""
+    import csv
+    import io
+
+    items = []
+    for row in csv.DictReader(io.StringIO(text.lstrip("\ufeff"))):
+        if str(row.get("reference") or "").strip().lower() in ("1", "true", "yes", "y"):
+            item = (row.get("scan_id") or "").strip() or (row.get("path") or "").strip()
+            cand = path.parent / item
+            if item and not row.get("scan_id") and not Path(item).exists() and cand.exists():
+                item = str(cand.resolve())
+            if item:
+                items.append(item)
+    if not items:
+        raise ValueError(f"{path}: no row of the labels CSV is marked as a reference")
+    return items
+
+
+def dataset_references(paths: list[Path]) -> tuple[list[str], Path] | None:
+    """The references marked in the label store of a single dataset folder, if any.
+
+    Only an existing store is read (none is created); ``None`` when there is no store,
+    it holds no references, or more than one path was given.
+    """
+    from scanqc.io.labels import default_store_path
+
+    if len(paths) != 1 or not paths[0].is_dir():
+        return None
+    store = default_store_path(paths[0])
+    if not store.is_file():
+        return None
+    try:
+        return _store_references(store), store
+    except ValueError:
+        return None
 
 
 class _Bar:
@@ -144,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{p}: no such file or folder")
     fmt = args.format or format_from_path(args.out)
     refs = read_reference_file(args.references) if args.references else None
+    if refs is None and not args.no_labels:
+        found = dataset_references(list(args.paths))
+        if found is not None:
+            refs = found[0]
+            print(f"scanqc: using the {len(refs)} reference scans marked in {found[1]} "
+                  "(--no-labels to ignore them)", file=sys.stderr)
     root = str(args.root) if args.root else default_root(args.paths)
     config = ScoreConfig(
         workers=args.workers, scheduler=args.scheduler, device=args.device, root=root,
