@@ -107,3 +107,16 @@ def test_rank_one_class_falls_back_and_bad_labels_file(folder, tiny_encoder, tmp
     assert main(["rank", str(folder), "--labels", str(bad), "--model-dir",
                  str(tiny_encoder), "--out", str(out)]) == 1
     assert "bad.csv" in capsys.readouterr().err
+
+
+def test_default_strategy_is_margin_once_two_classes_are_labelled(folder, tiny_encoder,
+                                                                 tmp_path) -> None:
+    out = tmp_path / "r.csv"
+    assert main(["rank", str(folder), "--model-dir", str(tiny_encoder), "--out",
+                 str(out)]) == 0
+    assert {r["strategy"] for r in _read(out) if r["status"] == "ok"} == {"diversity"}
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,region\nxr/img0.png,chest\nxr/img1.png,hand\n")
+    assert main(["rank", str(folder), "--labels", str(labels), "--model-dir",
+                 str(tiny_encoder), "--out", str(out)]) == 0
+    assert {r["strategy"] for r in _read(out) if r["status"] == "ok"} == {"margin"}

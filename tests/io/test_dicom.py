@@ -186,6 +186,20 @@ def test_two_series_in_one_folder_are_two_entries(tmp_path: Path) -> None:
         assert len(uids) == 1
 
 
+@pytest.mark.parametrize("description", ["", None])
+def test_series_without_description_is_named_by_its_folder(tmp_path: Path,
+                                                          description: str | None) -> None:
+    write_series(tmp_path / "s1", [0.0, 1.0, 2.0], description="")
+    if description is None:  # an empty element: pydicom gives None
+        for f in (tmp_path / "s1").iterdir():
+            ds = pydicom.dcmread(f)
+            ds.SeriesDescription = None
+            ds.save_as(f)
+    (entry,) = [e for e in discover(tmp_path) if e.status == "ok"]
+    assert entry.name == "s1"
+    assert entry.description == ""
+
+
 def test_series_with_two_orientations_is_split(tmp_path: Path) -> None:
     uid = generate_uid()
     write_series(tmp_path, [0.0, 1.0, 2.0], series_uid=uid, prefix="ax")

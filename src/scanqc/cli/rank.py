@@ -41,8 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
     p.add_argument("--out", "-o", type=Path, required=True, help="ranking CSV to write")
-    p.add_argument("--strategy", "-s", choices=STRATEGIES, default="examine",
-                   help="ranking strategy (default: %(default)s)")
+    p.add_argument("--strategy", "-s", choices=STRATEGIES, default="margin",
+                   help="ranking strategy (default: %(default)s, which needs labels of two "
+                        "classes and ranks by diversity until then; margin saved 60%% of the "
+                        "labels in docs/active_learning.md, EXAMINE as an order did not)")
     p.add_argument("--labels", type=Path, default=None,
                    help="labels CSV (scanqc labels export): scan_id and/or path, and region "
                         "or label")

@@ -370,8 +370,8 @@ class DicomHeader:
     @property
     def description(self) -> str:
         """SeriesDescription, blanked when it contains a patient identifier."""
-        d = self.safe_metadata.get("SeriesDescription", "")
-        return "" if d == "[redacted]" else str(d)
+        d = self.safe_metadata.get("SeriesDescription")
+        return "" if d in (None, "[redacted]") else str(d).strip()
 
     def pixel_spacing(self) -> tuple[float, float] | None:
         """(row, column) spacing in mm from PixelSpacing, ImagerPixelSpacing or groups."""
