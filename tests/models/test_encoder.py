@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -66,20 +63,6 @@ def test_default_encoder_size():
     n = count_parameters(SliceEncoder())
     assert 0.5e6 <= n <= 2e6
     assert SliceEncoder().embed_dim in range(128, 257)
-
-
-@pytest.mark.slow
-def test_128_slice_volume_embeds_fast(rng):
-    if os.getloadavg()[0] > (os.cpu_count() or 1):
-        pytest.skip("machine is busy; timing would be meaningless")
-    torch.manual_seed(0)
-    m = SliceEncoder().eval()
-    sl = rng.random((128, 128, 128), dtype=np.float32)
-    embed_slices(m, sl[:4])
-    t = time.perf_counter()
-    embed_slices(m, sl)
-    # target < 1 s on 2 idle cores; generous bound for a shared CI machine
-    assert time.perf_counter() - t < 3.0
 
 
 @pytest.mark.data
