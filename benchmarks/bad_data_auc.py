@@ -4,6 +4,14 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bad_data_auc.py [--encoder auto|bundled|random|pixels]
         [--data ../shared/data] [--out docs/benchmarks_auc.md] [--only chest_xr,...]
+        [--seed 0] [--finetune] [--statistic mean|min] [--no-quality]
+
+``--seed`` draws the references/negatives split, the held-out scans that get corrupted
+and the corruption parameters (the real "other" and "wrong plane" positives are fixed).
+Seed 0 is the reported one; methods and constants are developed on another seed (seed 1
+for the issue-4 artefact measures) so that the reported figures are not tuned on their
+own draws. The output ends with the issue-4 acceptance table (AUC >= 0.97 and above both
+baselines).
 
 Every benchmark: a pool of good scans of one anatomy/modality, ``n_refs`` references drawn
 from it (seeded), the rest of the good pool as negatives, and positives made of
@@ -466,14 +474,44 @@ def machine_facts() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
 
 
+def encoder_sha256(prefix: int = 12) -> str:
+    """sha256 prefix of the bundled encoder weights ("" when absent)."""
+    import hashlib
+
+    path = ROOT / "resources" / "models" / "encoder" / "model.safetensors"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:prefix]
+    except OSError:
+        return ""
+
+
+def acceptance_table(results: list[dict], target: float = 0.97) -> list[str]:
+    """Issue 4 acceptance: AUC >= ``target`` on every benchmark, above both baselines."""
+    lines = ["| benchmark | n_pos / n_neg | AUC scanqc | >= 0.97 | kNN fallback | "
+             "IsolationForest | above both baselines |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ok = r["auc"] >= target
+        above = r["auc"] > max(r["auc_knn"], r["auc_iso"])
+        lines.append(f"| {r['name']} | {r['n_pos']} / {r['n_neg']} | {r['auc']:.3f} | "
+                     f"{'yes' if ok else '**no**'} | {r['auc_knn']:.3f} | {r['auc_iso']:.3f} | "
+                     f"{'yes' if above else '**no**'} |")
+    met = all(r["auc"] >= target and r["auc"] > max(r["auc_knn"], r["auc_iso"])
+              for r in results)
+    lines += ["", "Acceptance " + ("met on every benchmark." if met else
+                                   "NOT met: see the rows marked **no**.")]
+    return lines
+
+
 def to_markdown(results: list[dict], encoder: str, statistic: str, checks: bool,
-                command: str, quality: bool = True) -> str:
+                command: str, quality: bool = True, seed: int = 0) -> str:
     """Render the result tables."""
     alt = "min" if statistic == "mean" else "mean"
+    sha = encoder_sha256() if "bundled" in encoder else ""
     lines = [
         "# Bad-data ROC AUC benchmark", "",
         f"Command: `{command}`", "",
         f"Machine: {machine_facts()}.", "",
+        f"Seed: {seed}" + (f"; bundled encoder sha256 {sha}" if sha else "") + ".", "",
         f"Embedding: {encoder}; statistic: {statistic}; checks combined: "
         f"{'yes (scanqc.scoring.checks.check_scan)' if checks else 'no (checks module absent)'}"
         f"; image-quality distance: {'yes' if quality and checks else 'no'}.",
@@ -508,6 +546,9 @@ def to_markdown(results: list[dict], encoder: str, statistic: str, checks: bool,
               "(seeded TorchIO/numpy corruptions of held-out negatives). Radiograph sets "
               "come from many patients. Positive counts are small; treat differences of a few "
               "hundredths as noise."]
+    lines += ["", f"## Issue 4 acceptance (seed {seed}"
+              + (f"; bundled encoder sha256 {sha}" if sha else "") + ")", ""]
+    lines += acceptance_table(results)
     return "\n".join(lines) + "\n"
 
 
@@ -537,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.finetune and getattr(embed, "encoder", None) is not None:
         desc += " + Siamese reference head (fit_reference_model)"
     md = to_markdown(results, desc, a.statistic, _checks() is not None, cmd.strip(),
-                     not a.no_quality)
+                     not a.no_quality, a.seed)
     print(md)
     if a.out:
         Path(a.out).write_text(md)

@@ -10,6 +10,12 @@ For each dataset it measures, in the same run and the same worker setup:
 and reports scans/s, the ratio score/read, and the peak RSS of the whole process tree
 (main + workers), sampled every 0.1 s.
 
+The engine runs with its defaults for the torch threads of the main process (what
+``scanqc score`` does: the cores the workers leave, at least one) and the forward batch.
+The worker processes' fork server (which imports the reader, preprocessing and torch once)
+is started before anything is timed, so that neither the first read nor the first score
+pays for it.
+
 Synthetic datasets (small NIfTI volumes 24x64x64 + 64x64 PNG radiographs, 70/30) are
 generated once under ``/tmp/scanqc_bench/v2/<n>``. ``--real`` adds the files of
 ../shared/data. A markdown table, the command and the machine facts (CPUs, load average
@@ -69,7 +75,14 @@ def generate(n: int, root: Path = BENCH_ROOT) -> Path:
 
 
 class PeakRSS:
-    """Sample the RSS of this process and all its descendants in a thread."""
+    """Sample RSS and CPU time of this process and all its descendants in a thread.
+
+    ``peak``: the largest summed RSS seen. ``cpu_seconds``: user + system CPU seconds the
+    process tree spent between enter and exit (main process exactly; children sampled
+    every ``interval``, so a worker's last fraction of a second may be missed). On a
+    machine shared with other jobs the CPU seconds are a load-independent companion of
+    the wall-clock times.
+    """
 
     def __init__(self, interval: float = 0.1) -> None:
         import psutil
@@ -77,17 +90,25 @@ class PeakRSS:
         self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.cpu_seconds = 0.0
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._main0 = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
         total = 0
-        procs = [self.proc]
+        procs = []
         with contextlib.suppress(Exception):
-            procs += self.proc.children(recursive=True)
+            procs = self.proc.children(recursive=True)
         for p in procs:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), p.oneshot():
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self._last[p.pid] = t.user + t.system
+        with contextlib.suppress(Exception):
+            total += self.proc.memory_info().rss
         return total
 
     def _run(self) -> None:
@@ -96,16 +117,22 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
+        self._sample()
+        self._start = dict(self._last)
+        self._main0 = time.process_time()
         self._t.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
+        self._sample()
+        children = sum(v - self._start.get(pid, 0.0) for pid, v in self._last.items())
+        self.cpu_seconds = time.process_time() - self._main0 + children
 
 
-def time_read(paths: list[Path], workers: int) -> tuple[float, int, int]:
-    """Seconds, scans read and peak RSS for discover + load_scan in ``workers`` processes."""
+def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
+    """Seconds, scans read, peak RSS and CPU seconds for discover + load_scan."""
     from scanqc.batch.engine import LocalRunner, _common_root_paths
     from scanqc.batch.pipeline import read_only
     from scanqc.io.discover import discover
@@ -124,23 +151,23 @@ def time_read(paths: list[Path], workers: int) -> tuple[float, int, int]:
         finally:
             runner.close()
         dt = time.perf_counter() - t0
-    return dt, n, mem.peak
+    return dt, n, mem.peak, mem.cpu_seconds
 
 
 def time_score(paths: list[Path], workers: int, max_slices: int, size: int,
-               encoder: object | None) -> tuple[float, int, int, dict]:
-    """Seconds, rows and peak RSS of the full engine."""
+               encoder: object | None) -> tuple[float, int, int, dict, float]:
+    """Seconds, rows, peak RSS, row counts by status and CPU seconds of the full engine."""
     from scanqc.batch.engine import ScoreConfig, score
 
     cfg = ScoreConfig(workers=workers, device="cpu", max_slices=max_slices, size=size,
-                      encoder=encoder, torch_threads=1)
+                      encoder=encoder)
     stats = {"ok": 0, "error": 0, "skipped": 0}
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         for row in score(paths, config=cfg):
             stats[row["status"]] = stats.get(row["status"], 0) + 1
         dt = time.perf_counter() - t0
-    return dt, sum(stats.values()), mem.peak, stats
+    return dt, sum(stats.values()), mem.peak, stats, mem.cpu_seconds
 
 
 def _encoder(name: str) -> tuple[object | None, str]:
@@ -159,6 +186,15 @@ def _encoder(name: str) -> tuple[object | None, str]:
         return SliceEncoder().eval(), f"random SliceEncoder (bundled weights missing: {exc})"
 
 
+def warm_forkserver() -> None:
+    """Start the worker processes' fork server once, outside every timing."""
+    from scanqc.batch.engine import _mp_context
+
+    p = _mp_context().Process(target=os.getpid)
+    p.start()
+    p.join()
+
+
 def _load() -> str:
     try:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -169,14 +205,17 @@ def _load() -> str:
 def markdown(results: list[dict]) -> str:
     """The results as a markdown table."""
     lines = ["| dataset | rows (ok/error/skipped) | read only (s) | score (s) | scans/s | "
-             "score / read | peak RSS read | peak RSS score |", "|---" * 8 + "|"]
+             "score / read | CPU s read / score (ratio) | peak RSS read | peak RSS score | "
+             "load (1 min) |", "|---" * 10 + "|"]
     for r in results:
         st = r["status"]
         lines.append(
             f"| {r['dataset']} | {r['scans']} ({st.get('ok', 0)}/{st.get('error', 0)}/"
             f"{st.get('skipped', 0)}) | {r['read_s']:.1f} | {r['score_s']:.1f} | "
             f"{r['scans_per_s']:.1f} | {r['ratio_score_to_read']:.2f} | "
-            f"{r['peak_rss_mb_read']} MB | {r['peak_rss_mb']} MB |")
+            f"{r['cpu_read_s']:.1f} / {r['cpu_score_s']:.1f} ({r['cpu_ratio']:.2f}) | "
+            f"{r['peak_rss_mb_read']} MB | {r['peak_rss_mb']} MB | "
+            f"{' -> '.join(x.split('/')[0] for x in r['load'].split(' -> '))} |")
     return "\n".join(lines)
 
 
@@ -193,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     load_before = _load()
     encoder, enc_desc = _encoder(args.model)
+    warm_forkserver()
     print(f"# encoder: {enc_desc}; workers={args.workers}, cpu={os.cpu_count()}, "
           f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
     sets: list[tuple[str, list[Path]]] = [(f"synthetic-{n}", [generate(n)]) for n in args.sizes]
@@ -201,17 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, paths in sets:
         # read first: the score run then finds the same files in the page cache
-        t_read, n_read, mem_read = time_read(paths, args.workers)
-        t_score, n_rows, mem_score, stats = time_score(paths, args.workers, args.max_slices,
-                                                        args.size, encoder)
+        load0 = _load()
+        t_read, n_read, mem_read, cpu_read = time_read(paths, args.workers)
+        t_score, n_rows, mem_score, stats, cpu_score = time_score(
+            paths, args.workers, args.max_slices, args.size, encoder)
         res = {
             "dataset": name, "scans": n_rows, "read_s": round(t_read, 2),
             "score_s": round(t_score, 2), "scans_per_s": round(n_rows / t_score, 2),
             "read_scans_per_s": round(n_read / t_read, 2),
             "ratio_score_to_read": round(t_score / t_read, 2),
+            "cpu_read_s": round(cpu_read, 2), "cpu_score_s": round(cpu_score, 2),
+            "cpu_ratio": round(cpu_score / max(cpu_read, 1e-9), 2),
             "peak_rss_mb_read": round(mem_read / 2**20), "peak_rss_mb": round(mem_score / 2**20),
             "status": stats, "workers": args.workers, "encoder": enc_desc.split(" (")[0],
-            "load": _load(),
+            "load": f"{load0} -> {_load()}",
         }
         results.append(res)
         print(json.dumps(res), flush=True)

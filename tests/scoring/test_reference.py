@@ -229,3 +229,84 @@ def test_quality_needs_enough_references_and_roundtrips(tmp_path, rng):
         ReferenceSet.from_embeddings(["a", "b"], _refs(rng, 2), quality=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="quality rows"):
         score_against_references(_refs(rng, 3), full, quality=_quality(rng, 2))
+
+
+def _two_protocols(rng, n=12):
+    """Quality dicts of references from two protocols far apart on every measure."""
+    from scanqc.scoring.reference import QUALITY_KEYS
+
+    out = []
+    for i in range(n):
+        offset = 0.0 if i % 2 == 0 else 5.0  # protocol B: every measure much larger
+        out.append({k: 10.0 + j + offset + 0.05 * rng.normal()
+                    for j, k in enumerate(QUALITY_KEYS)})
+    return out
+
+
+def test_quality_scale_is_the_nearest_reference_spread(rng):
+    from scanqc.scoring.reference import (
+        QUALITY_KEYS,
+        quality_distances,
+        quality_matrix,
+        quality_scales,
+        quality_space,
+    )
+
+    rq = quality_matrix(_two_protocols(rng))
+    scales = quality_scales(quality_space(rq))
+    spread = np.nanstd(quality_space(rq), axis=0, ddof=1)
+    # the spread inside a protocol (0.05 on the raw scale), not between protocols (2.5)
+    j = QUALITY_KEYS.index("kspace_roughness")
+    assert scales[j] < 0.2 * spread[j]
+    # an artefact smaller than the difference between protocols but far outside one
+    # protocol's spread moves the scan away from every reference
+    base = rq[0].copy()
+    art = base.copy()
+    art[j] += 1.0
+    d = quality_distances(np.stack([base + 0.01, art]), rq[1:])
+    assert d[1] > 3 * d[0]
+
+
+def test_quality_floors_keep_negligible_differences_small(rng):
+    from scanqc.scoring.reference import QUALITY_FLOORS, QUALITY_KEYS, quality_distances
+
+    refs = np.stack([np.array([1.0 + 0.1 * rng.normal() for _ in QUALITY_KEYS])
+                     for _ in range(10)])
+    j = QUALITY_KEYS.index("clipped_low")
+    refs[:, j] = 1e-4 * np.abs(rng.normal(size=10))  # nearly constant over the references
+    x = refs[:1].copy()
+    x[0, j] = 0.01  # 1% clipped: below the floor of the measure
+    assert QUALITY_FLOORS["clipped_low"] >= 0.01
+    y = refs[:1].copy()
+    y[0, j] = 0.5  # half of the anatomy clipped
+    d = quality_distances(np.concatenate([x, y]), refs)
+    assert d[0] < 0.2 < 2.0 < d[1]
+
+
+def test_ratio_measures_compare_on_a_log_scale(rng):
+    from scanqc.scoring.reference import QUALITY_KEYS, quality_space
+
+    x = np.ones((2, len(QUALITY_KEYS)))
+    j = QUALITY_KEYS.index("fber")
+    x[:, j] = [10.0, -1.0]
+    q = quality_space(x)
+    assert q[0, j] == pytest.approx(1.0) and math.isnan(q[1, j])
+    assert q[0, QUALITY_KEYS.index("efc")] == 1.0  # other measures unchanged
+    with pytest.raises(ValueError, match="columns"):
+        quality_space(np.ones((2, 3)))
+
+
+def test_slice_direction_flags_a_series_in_another_plane(rng):
+    from scanqc.scoring.reference import QUALITY_KEYS
+
+    refs = _refs(rng)
+    rq = _quality(rng, 20)
+    for q in rq:
+        q.update(slice_dir_r=0.0, slice_dir_a=0.02 * abs(rng.normal()), slice_dir_s=1.0)
+    rs = ReferenceSet.from_embeddings([str(i) for i in range(20)], refs, quality=rq)
+    axial, coronal = (dict(rq[0]), dict(rq[0]))
+    coronal.update(slice_dir_a=1.0, slice_dir_s=0.0)
+    s = score_against_references(refs[:2] + 0.01, rs, quality=[axial, coronal])
+    assert not s[0].flagged and s[1].flagged
+    assert s[1].quality_distance > s[1].quality_threshold
+    assert {"slice_dir_r", "slice_dir_a", "slice_dir_s"} <= set(QUALITY_KEYS)

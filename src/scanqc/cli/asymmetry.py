@@ -57,8 +57,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, metavar="DIR", help="dataset root for scan ids")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder (default: the bundled asymmetry model)")
-    p.add_argument("--method", choices=("siamese", "intensity"), default="siamese",
-                   help="siamese (default) or the intensity-difference baseline")
+    p.add_argument("--method", choices=("siamese", "intensity-z", "intensity"), default="siamese",
+                   help="siamese (default: normalised Siamese distance x tolerant difference), "
+                   "intensity-z (normalised tolerant difference, no encoder) or intensity (the "
+                   "plain mirrored-difference baseline)")
     p.add_argument("--no-heatmaps", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)
     return p
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     """Score every scan; exit 0 unless the command itself cannot run."""
     from scanqc.io.load import open_scans
     from scanqc.models.asymmetry_net import load_bundled, load_model
-    from scanqc.scoring.asymmetry import asymmetry_map, intensity_difference_map
+    from scanqc.scoring.asymmetry import asymmetry_maps
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 n_err += 1
                 continue
             try:
-                if args.method == "siamese":
-                    res = asymmetry_map(scan, model)
-                else:
-                    res = intensity_difference_map(scan)
+                res = asymmetry_maps(scan, model, [args.method])[args.method]
                 row.update(
                     status="ok",
                     asymmetry_score=f"{res.score:.6g}",

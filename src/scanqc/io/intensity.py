@@ -6,6 +6,8 @@ image-quality checks, so every part of scanqc looks at the same windowed data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 #: CT window used for display and checks when values look like Hounsfield units.
@@ -20,6 +22,8 @@ def _sample(data: np.ndarray, max_n: int = _MAX_SAMPLE) -> np.ndarray:
     if flat.size > max_n:
         step = int(np.ceil(flat.size / max_n))
         flat = flat[::step]
+    if flat.dtype.kind in "iub":  # integers are always finite: no filtering copy
+        return flat.astype(np.float64)
     flat = flat.astype(np.float64, copy=False)
     return flat[np.isfinite(flat)]
 
@@ -49,6 +53,10 @@ def robust_window(
         lower: Lower percentile.
         upper: Upper percentile.
     """
+    if modality.upper() != "CT":
+        fast = _integer_window(data, lower, upper)
+        if fast is not None:
+            return fast
     s = _sample(data)
     if s.size == 0:
         return 0.0, 1.0
@@ -66,6 +74,63 @@ def robust_window(
     return lo, hi
 
 
+def _count_percentiles(counts: np.ndarray, offset: int, q: Sequence[float]) -> list[float]:
+    """``np.percentile(values, q)`` (linear method) of the integers counted in ``counts``.
+
+    ``counts[i]`` is how many values equal ``offset + i``. The order statistics come from
+    the cumulative counts instead of a partition; the interpolation repeats numpy's own
+    arithmetic (``(n - 1) * q / 100`` and its two-sided ``_lerp``), so the result is the
+    same float64 value.
+    """
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    virtual = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    prev = np.floor(virtual)
+    above = virtual >= n - 1
+    prev_i = np.where(above, n - 1, prev).astype(np.intp)
+    next_i = np.where(above, n - 1, prev + 1).astype(np.intp)
+    gamma = virtual - np.where(above, -1, prev).astype(np.intp)
+    a = (offset + np.searchsorted(cum, prev_i, side="right")).astype(np.float64)
+    b = (offset + np.searchsorted(cum, next_i, side="right")).astype(np.float64)
+    diff = b - a
+    out = a + diff * gamma
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
+    return [float(v) for v in out]
+
+
+#: Largest value span counted with a histogram by :func:`_integer_window`.
+_MAX_SPAN = 1 << 16
+
+
+def _integer_window(data: np.ndarray, lower: float, upper: float) -> tuple[float, float] | None:
+    """:func:`robust_window` of integer data from a histogram (None: not applicable).
+
+    Same sample, same background rule and the same percentiles as the generic path (see
+    :func:`_count_percentiles`), without converting the sample to float64 and partitioning
+    it. Used for integer data whose value span is at most :data:`_MAX_SPAN` (8-16 bit).
+    """
+    flat = np.asarray(data).ravel()
+    if flat.dtype.kind not in "iub" or flat.size == 0:
+        return None
+    if flat.size > _MAX_SAMPLE:
+        flat = flat[:: int(np.ceil(flat.size / _MAX_SAMPLE))]
+    vmin, vmax = int(flat.min()), int(flat.max())
+    if vmax - vmin > _MAX_SPAN:
+        return None
+    shifted = flat.astype(np.intp) - vmin if flat.dtype.kind != "b" else flat.astype(np.intp)
+    counts = np.bincount(shifted.ravel(), minlength=vmax - vmin + 1)
+    n_fg = flat.size - int(counts[0])
+    if n_fg < 0.01 * flat.size or n_fg == 0:
+        lo, hi = _count_percentiles(counts, vmin, [lower, upper])
+    else:
+        lo, hi = _count_percentiles(counts[1:], vmin + 1, [lower, upper])
+    if not hi > lo:
+        lo, hi = float(vmin), float(vmax)
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
 def normalize(
     data: np.ndarray,
     modality: str = "",
@@ -73,6 +138,14 @@ def normalize(
 ) -> np.ndarray:
     """Map ``data`` through a window to float32 in [0, 1] (NaN/Inf become 0)."""
     lo, hi = window if window is not None else robust_window(data, modality)
-    out = (np.asarray(data, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(out, 0.0, 1.0, out=out)
+    data = np.asarray(data)
+    scale = np.float32(hi - lo)
+    out = np.subtract(data, np.float32(lo), dtype=np.float32)
+    out /= scale
+    # clip maps +Inf to 1 and -Inf to 0 as nan_to_num would; only NaN needs a pass, and
+    # integer data divided by a finite non-zero width has none
+    np.clip(out, 0.0, 1.0, out=out)
+    if data.dtype.kind not in "iub" or not (np.isfinite(scale) and scale != 0
+                                            and np.isfinite(np.float32(lo))):
+        out[np.isnan(out)] = 0.0
+    return out

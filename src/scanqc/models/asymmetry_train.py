@@ -46,20 +46,65 @@ class PairVolume:
     mask: np.ndarray
 
 
+#: Largest prior weight of the "far" (asymmetric) component. Left-right differences are
+#: rare in normal anatomy; without this bound the mixture can flip so that almost every pair
+#: is labelled "far" and training only pushes pairs apart (the collapse seen in the first
+#: bundled model, mean soft label 0.98).
+MAX_FAR_WEIGHT = 0.2
+
+
+def _fit_mixture(d: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit a 2-component 1-D GMM; return ``(means, stds, weights)`` with index 1 = far."""
+    from sklearn.mixture import GaussianMixture
+
+    x = d.reshape(-1, 1)
+    lo, hi = np.percentile(d, [30.0, 95.0])
+    # one shared variance: with separate variances a narrow "near" spike lets the broad
+    # component claim nearly every pair as "far" whatever its prior weight
+    gmm = GaussianMixture(
+        2,
+        covariance_type="tied",
+        reg_covar=1e-6,
+        random_state=seed,
+        means_init=np.array([[lo], [hi]]),
+        weights_init=np.array([0.9, 0.1]),
+    )
+    gmm.fit(x)
+    order = np.argsort(gmm.means_.ravel())
+    means = gmm.means_.ravel()[order]
+    stds = np.full(2, float(np.sqrt(np.asarray(gmm.covariances_).ravel()[0])))
+    weights = gmm.weights_.ravel()[order]
+    return means, stds, weights
+
+
+def _posterior_far(
+    d: np.ndarray, means: np.ndarray, stds: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """``P(far | d)`` with the far prior capped at :data:`MAX_FAR_WEIGHT`.
+
+    Below the near component's mean the label is 0 (a Gaussian far component with a larger
+    spread would otherwise claim the smallest distances too).
+    """
+    w_far = min(float(weights[1]), MAX_FAR_WEIGHT)
+    ll = -0.5 * ((d[:, None] - means[None]) / stds[None]) ** 2 - np.log(stds[None])
+    ll += np.log(np.array([1.0 - w_far, w_far]))[None]
+    ll -= ll.max(axis=1, keepdims=True)
+    p = np.exp(ll)
+    s = p[:, 1] / p.sum(axis=1)
+    s[d <= means[0]] = 0.0
+    return s.astype(np.float32)
+
+
 def soft_labels(distances: np.ndarray, seed: int = 0) -> np.ndarray:
     """Return ``s = P(far component | d)`` from a 2-component Gaussian mixture on ``d``.
 
-    Degenerate inputs (fewer than 8 values or no spread) give all zeros (all "near").
+    The far component's prior is capped at :data:`MAX_FAR_WEIGHT` (asymmetry is the
+    exception). Degenerate inputs (fewer than 8 values or no spread) give all zeros.
     """
-    from sklearn.mixture import GaussianMixture
-
-    d = np.asarray(distances, dtype=np.float64).reshape(-1, 1)
+    d = np.asarray(distances, dtype=np.float64).ravel()
     if d.shape[0] < 8 or float(d.std()) < 1e-6:
         return np.zeros(d.shape[0], dtype=np.float32)
-    gmm = GaussianMixture(2, covariance_type="full", reg_covar=1e-6, random_state=seed)
-    gmm.fit(d)
-    far = int(np.argmax(gmm.means_.ravel()))
-    return gmm.predict_proba(d)[:, far].astype(np.float32)
+    return _posterior_far(d, *_fit_mixture(d, seed))
 
 
 class SoftLabeller:
@@ -70,25 +115,20 @@ class SoftLabeller:
         self.refit = int(refit)
         self.seed = seed
         self._d = np.zeros(0, dtype=np.float64)
-        self._gmm = None
-        self._far = 0
+        self._fit: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._n = 0
 
     def __call__(self, distances: np.ndarray) -> np.ndarray:
         """Add ``distances`` to the buffer and return their soft labels."""
-        from sklearn.mixture import GaussianMixture
-
         d = np.asarray(distances, dtype=np.float64).ravel()
         self._d = np.concatenate([self._d, d])[-self.buffer :]
-        due = self._gmm is None or self._n % self.refit == 0
+        due = self._fit is None or self._n % self.refit == 0
         if due and self._d.size >= 16 and float(self._d.std()) > 1e-6:
-            gmm = GaussianMixture(2, reg_covar=1e-6, random_state=self.seed)
-            gmm.fit(self._d.reshape(-1, 1))
-            self._gmm, self._far = gmm, int(np.argmax(gmm.means_.ravel()))
+            self._fit = _fit_mixture(self._d, self.seed)
         self._n += 1
-        if self._gmm is None:
+        if self._fit is None:
             return np.zeros(d.size, dtype=np.float32)
-        return self._gmm.predict_proba(d.reshape(-1, 1))[:, self._far].astype(np.float32)
+        return _posterior_far(d, *self._fit)
 
 
 def siamese_soft_loss(d: torch.Tensor, s: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -156,10 +196,16 @@ def train_siamese(
     width: int = 16,
     dim: int = 32,
     device: str = "cpu",
+    negatives: float = 0.25,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> tuple[AsymmetryEncoder, TrainHistory]:
     """Train two encoders on mirrored patch pairs with cross soft labels; return the first.
+
+    Location-matched pairs get the soft labels. Without any pair that is surely dissimilar,
+    the objective is minimised by a constant embedding (all distances 0, all labels "near");
+    a fraction ``negatives`` of each batch therefore pairs a patch with the mirrored patch of
+    a *different* location (label 1), which keeps the embedding informative.
 
     Args:
         volumes: Prepared volumes (at least one with a non-empty mask).
@@ -172,6 +218,7 @@ def train_siamese(
         width: Encoder width when ``init`` is None.
         dim: Embedding size when ``init`` is None.
         device: Torch device.
+        negatives: Fraction of extra location-mismatched pairs per batch (label 1).
         progress: ``(done, total, message)`` callback.
         cancel: Cancel token, checked every step.
 
@@ -203,13 +250,24 @@ def train_siamese(
         xa, xb = sample_pairs(volumes, batch, rng)
         ta = torch.from_numpy(xa).to(device)
         tb = torch.from_numpy(xb).to(device)
-        d_a = torch.linalg.norm(net_a(ta) - net_a(tb), dim=1)
-        d_b = torch.linalg.norm(net_b(ta) - net_b(tb), dim=1)
+        n_neg = int(round(negatives * batch))
+        perm = torch.from_numpy(np.roll(np.arange(batch), 1 + int(rng.integers(batch - 1))))
+        perm = perm[:n_neg].to(device)
+        ea, eb_ = net_a(ta), net_a(tb)
+        fa, fb = net_b(ta), net_b(tb)
+        d_a = torch.linalg.norm(ea - eb_, dim=1)
+        d_b = torch.linalg.norm(fa - fb, dim=1)
         # cross soft labels: A learns from B's distances and B from A's
         s_for_a = torch.from_numpy(lab_b(d_b.detach().cpu().numpy())).to(device)
         s_for_b = torch.from_numpy(lab_a(d_a.detach().cpu().numpy())).to(device)
         loss_a = siamese_soft_loss(d_a, s_for_a, margin)
         loss_b = siamese_soft_loss(d_b, s_for_b, margin)
+        if n_neg > 0:  # mismatched locations: surely dissimilar
+            ones = torch.ones(n_neg, device=device)
+            nd_a = torch.linalg.norm(ea[:n_neg] - eb_[perm], dim=1)
+            nd_b = torch.linalg.norm(fa[:n_neg] - fb[perm], dim=1)
+            loss_a = loss_a + negatives * siamese_soft_loss(nd_a, ones, margin)
+            loss_b = loss_b + negatives * siamese_soft_loss(nd_b, ones, margin)
         opt_a.zero_grad()
         loss_a.backward()
         opt_a.step()

@@ -1,29 +1,33 @@
-"""Contralateral asymmetry maps: Siamese patch distances between a scan and its mirror image.
+"""Contralateral asymmetry maps: where a scan differs from its mirror image more than it should.
 
-Pipeline for a volume (:func:`asymmetry_map`):
+Pipeline for a volume (:func:`asymmetry_maps`, :func:`asymmetry_map`):
 
-1. normalise intensities to [0, 1] (:func:`scanqc.io.intensity.normalize`);
-2. find the mid-sagittal plane from the image (:mod:`scanqc.scoring.midplane`) and mirror the
-   volume about it;
-3. resample both to ``PIXEL_MM`` in-plane and embed every 32 x 32 patch of the selected axial
-   slices (about every 3 mm) on a 4-pixel grid with the Siamese encoder
-   (:mod:`scanqc.models.asymmetry_net`); the pair distance ``D`` at a grid cell compares a patch
-   with the location-matched patch of the other side, so ``D`` is symmetric about the plane;
-4. localise within the patch: the heatmap is ``D`` times the smoothed voxel-wise absolute
-   difference ``|I - mirror(I)|`` (the patch distance gates, the voxel difference places);
-5. decide the side: a lesion patch is atypical among the scan's *other* patches, its mirror
-   partner is not. The typicality ``T`` of a patch is the mean distance of its raw-intensity
-   descriptor (8 x 8 block means) to its k nearest patches of the same scan outside its own
-   neighbourhood (the same rule for the Siamese map and the baseline); the side weight is
-   ``w = T_own^p / (T_own^p + T_mirror^p)``, and the heatmap is multiplied by ``w``;
-6. map the grid back to the scan's voxels, smooth (Gaussian, ``SMOOTH_MM``), mask to the
-   foreground.
+1. normalise intensities to [0, 1] (:func:`scanqc.io.intensity.normalize`); find the
+   mid-sagittal plane from the image (:mod:`scanqc.scoring.midplane`) on the native volume;
+   make an analysis copy no finer than ``ANALYSIS_MM`` and mirror it about the plane;
+2. where the heatmap may peak (``inner``): the head outline eroded in-plane by ``INNER_MM``,
+   without the end slices of the field of view, a band of ``MIDLINE_MM`` around the plane,
+   and anything within ``AIR_MM`` of air or cortical bone on either side;
+3. tolerant difference: the mirror is warped onto the scan with a small smooth deformation
+   (demons, ``WARP_*``: natural displacements of gyri, ventricles, skull base), then each
+   voxel's log intensity is compared with the range of the other side within
+   ``TOLERANCE_MM``; smoothed (``BLOB_MM``) and given to both voxels of a mirror pair;
+4. normalisation by the scan's own left-right variability: ``(v - median) / (q90 - median)``
+   within strata of local texture (log-intensity gradient energy), so a difference counts more
+   in smooth tissue than where the anatomy is complex;
+5. Siamese pair distance ``D`` (:mod:`scanqc.models.asymmetry_net`, 32 x 32 patches at
+   1.5 mm, slices every ~3 mm, symmetric about the plane), normalised the same way; the
+   ``siamese`` map is the sum of the two normalised maps (``COMBINE``);
+6. side: a lesion brings its own outline. ``S`` compares the log-intensity edge energy of the
+   two sides around the outline of the asymmetric region; the side weight ``w = (1 + S) / 2``
+   (sharpened) multiplies the pair map. (``SIDE = "typicality"`` uses the older rule: the side
+   whose raw patch is atypical among the scan's patches.)
+7. resample to the scan's grid. The scan-level score is the maximum of the pair map.
 
-The scan-level score is the maximum of the smoothed symmetric distance map ``D``.
-:func:`intensity_difference_map` is the baseline: the smoothed absolute difference between the
-normalised volume and its mirror about the same plane (with the same side rule on raw
-intensity patches). :func:`asymmetry_pair` compares two paired 2D images (left and right
-mammograms of the same view), mirroring one.
+``"intensity"`` is the baseline: the smoothed plain ``|I - mirror(I)|`` in the whole
+foreground with the same side rule. ``"intensity-z"`` is steps 1-4 and 6 without the encoder.
+:func:`asymmetry_pair` compares two paired 2D images (left and right mammograms of the same
+view), mirroring one.
 
 torch is imported inside functions only (the widgets import this module at start-up).
 """
@@ -55,10 +59,55 @@ STRIDE = 4
 SLICE_STEP_MM = 3.0
 #: Gaussian smoothing of the heatmap (mm, sigma).
 SMOOTH_MM = 3.0
+#: Smoothing of the difference maps before normalisation (mm, sigma): integrates a blob's
+#: interior and damps thin differences (sulci and gyri that differ between hemispheres).
+BLOB_MM = 3.0
+#: Demons registration of the mirror onto the scan (see ``_demons``).
+WARP_ITERS = 20
+WARP_GRID_MM = 2.0
+WARP_SIGMA_MM = 6.0
+WARP_MAX_MM = 6.0
+#: Give both voxels of a mirror pair the larger tolerant difference (the side rule decides).
+SYMMETRISE = True
+#: Voxel size (mm) of the copy the maps are computed on (finer scans are downsampled).
+ANALYSIS_MM = 1.5
 #: Sharpness of the side weight.
 SIDE_POWER = 4.0
 #: Foreground threshold on the normalised image.
 FG_THRESHOLD = 0.08
+#: In-plane erosion of the foreground (mm) before the heatmap may peak: the outer edges of
+#: the head (scalp, skull, field-of-view cut) are naturally asymmetric and would win.
+INNER_MM = 8.0
+#: Registration slack of the tolerant difference (mm).
+TOLERANCE_MM = 2.0
+#: Smoothing of both sides before the tolerant difference (mm, sigma): noise.
+PRESMOOTH_MM = 1.0
+#: Strata of the normalisation: intensity quantile bins x local texture quantile bins.
+N_LEVEL_BINS = 1
+N_TEXTURE_BINS = 4
+#: Neighbourhood of the local texture (mm, sigma).
+TEXTURE_MM = 4.0
+#: Band around the mid-plane left out of the heatmap (mm): there a voxel is compared with
+#: itself or its immediate neighbour, and midline structures (falx, sinuses) dominate.
+MIDLINE_MM = 6.0
+#: Side rule: ``"edge"`` (the side whose own edges outline the asymmetric region),
+#: ``"typicality"`` (the side whose patch is atypical among the scan's patches) or ``"both"``.
+SIDE = "edge"
+#: Neighbourhood of the edge side rule (mm, sigma).
+SIDE_MM = 4.0
+#: Offset of the log in the edge side rule and the log-domain difference (normalised units).
+LOG_EPS = 0.05
+#: Domain of the tolerant difference: ``"log"`` (relative) or ``"linear"``.
+DIFF_DOMAIN = "log"
+#: The heatmap needs tissue on both sides (smoothed value above this, normalised units):
+#: air cavities (sinuses, ear canals) of unequal size are not lesions.
+TISSUE_MIN = 0.04
+#: Margin (mm) kept from air and cortical bone (values below ``TISSUE_MIN`` on either side).
+AIR_MM = 5.0
+#: How the normalised Siamese distance and tolerant difference are combined.
+COMBINE = "sum"
+#: Methods of :func:`asymmetry_maps`.
+METHODS = ("siamese", "intensity-z", "intensity")
 
 
 @dataclass
@@ -177,6 +226,25 @@ def _foreground(norm: np.ndarray) -> np.ndarray:
     out = np.zeros_like(fg)
     for z in range(fg.shape[0]):
         out[z] = ndimage.binary_fill_holes(ndimage.binary_opening(fg[z], iterations=1))
+    return out
+
+
+def _inner(mask: np.ndarray, sp: Sequence[float], mm: float = INNER_MM) -> np.ndarray:
+    """Erode each slice of ``mask`` by ``mm`` (in-plane, mm-aware Euclidean distance).
+
+    Slices within ``mm`` of either end of the array (the field of view's end caps, partial
+    volumes at the skull base or vertex) are dropped when the volume is thick enough.
+    """
+    if mm <= 0:
+        return mask.copy()
+    out = np.zeros_like(mask)
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            out[z] = ndimage.distance_transform_edt(mask[z], sampling=sp[-2:]) > mm
+    cap = int(np.ceil(mm / max(float(sp[0]), 1e-3)))
+    if mask.shape[0] > 4 * cap:
+        out[:cap] = False
+        out[-cap:] = False
     return out
 
 
@@ -308,14 +376,19 @@ def top_regions(heatmap: np.ndarray, n: int = 3, rel: float = 0.5) -> list[Regio
     lab, nlab = ndimage.label(vol >= rel * peak)
     if nlab == 0:
         return []
-    maxima = ndimage.maximum(vol, lab, index=np.arange(1, nlab + 1))
-    pos = ndimage.maximum_position(vol, lab, index=np.arange(1, nlab + 1))
+    flat = lab.ravel()
+    sel = np.flatnonzero(flat)
+    vals = vol.ravel()[sel]
+    labs = flat[sel]
+    order = np.lexsort((-vals, labs))  # by label, highest value first within a label
+    first = order[np.r_[True, labs[order][1:] != labs[order][:-1]]]
+    maxima = vals[first]
+    peaks = sel[first]
     objs = ndimage.find_objects(lab)
-    order = np.argsort(maxima)[::-1][:n]
     regions = []
-    for i in order:
-        sl = objs[i]
-        p = tuple(int(v) for v in pos[i])
+    for i in np.argsort(maxima)[::-1][:n]:
+        sl = objs[int(labs[first[i]]) - 1]
+        p = tuple(int(v) for v in np.unravel_index(int(peaks[i]), vol.shape))
         regions.append(
             Region(
                 slices=(int(sl[0].start), int(sl[0].stop - 1)),
@@ -351,6 +424,49 @@ def _prepare_volume(scan: Scan, plane: Midplane | None) -> _Prepared:
     return _Prepared(norm, mir, fg & mfg, sp, plane)
 
 
+def _prepare_analysis(scan: Scan, plane: Midplane | None) -> tuple[_Prepared, tuple[int, ...]]:
+    """Like :func:`_prepare_volume` on a copy no finer than ``ANALYSIS_MM`` per axis.
+
+    The plane is found on the native volume; the copy spans the same field of view (first
+    and last voxel centres), so the plane's geometry holds for it. Returns the prepared copy
+    and the native spatial shape.
+    """
+    g, sp = _gray_volume(scan)
+    sp = _sanitize_spacing(sp)
+    norm = normalize(g, scan.modality)
+    if plane is None:
+        plane = estimate_midplane(norm, sp)
+    native = tuple(norm.shape)
+    fac = [min(1.0, s / ANALYSIS_MM) if n > 1 else 1.0 for s, n in zip(sp, native, strict=True)]
+    if all(f >= 1.0 for f in fac):
+        mir = mirror_volume(norm, plane)
+        csp = sp
+    else:
+        norm = ndimage.zoom(norm, fac, order=1, prefilter=False).astype(np.float32)
+        csp = tuple(
+            s * (n - 1) / max(k - 1, 1) if n > 1 else s
+            for s, n, k in zip(sp, native, norm.shape, strict=True)
+        )
+        csp = _sanitize_spacing(csp)
+        mir = mirror_volume(norm, plane, spacing=csp)
+    fg = _foreground(norm)
+    mfg = mirror_volume(fg.astype(np.float32), plane, spacing=csp, order=0) > 0.5
+    return _Prepared(norm, mir, fg & mfg, csp, plane), native
+
+
+def _to_shape(arr: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Resample ``arr`` to ``shape`` (corner-aligned, as the analysis copy was made)."""
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    fac = [n / k for n, k in zip(shape, arr.shape, strict=True)]
+    out = ndimage.zoom(arr.astype(np.float32), fac, order=order, prefilter=False)
+    if out.shape != tuple(shape):  # zoom's rounding: pad or crop by a voxel
+        out = out[tuple(slice(0, n) for n in shape)]
+        out = np.pad(out, [(0, n - m) for n, m in zip(shape, out.shape, strict=True)],
+                     mode="edge")
+    return out.astype(np.float32)
+
+
 def prepare_pair_volume(scan: Scan, plane: Midplane | None = None) -> PairVolume:
     """Return the training input for one scan: working-resolution volume, mirror, mask."""
     from scanqc.models.asymmetry_train import PairVolume
@@ -359,7 +475,8 @@ def prepare_pair_volume(scan: Scan, plane: Midplane | None = None) -> PairVolume
     zs = _select_slices(prep.mask, prep.spacing[0])
     work = _to_working(prep.norm[zs], prep.spacing)
     mirw = _to_working(prep.mirror[zs], prep.spacing)
-    mask = _to_working(prep.mask[zs].astype(np.float32), prep.spacing, order=0) > 0.5
+    inner = _inner(prep.mask[zs], prep.spacing)
+    mask = _to_working(inner.astype(np.float32), prep.spacing, order=0) > 0.5
     return PairVolume(work=work, mirror=mirw, mask=mask)
 
 
@@ -373,8 +490,12 @@ def _heat_from_frames(
     zs_mm: np.ndarray,
     model: AsymmetryEncoder | None,
     cancel: CancelToken | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return grid maps ``(D, w)``: pair distance and side weight of ``work`` vs ``other``."""
+    side: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return grid maps ``(D, w)``: pair distance and side weight of ``work`` vs ``other``.
+
+    ``w`` (the typicality side rule) is None when ``side`` is False.
+    """
     io_, im_ = _intensity_features(work), _intensity_features(other)
     if model is not None:
         fo = _siamese_features(model, work, cancel)
@@ -389,6 +510,8 @@ def _heat_from_frames(
     d = np.linalg.norm(fo - fm, axis=-1).astype(np.float32)
     d[~cmask] = 0.0
     check(cancel)
+    if not side:
+        return d, None
     # side rule on raw-intensity patch descriptors for both methods (the same rule, so the
     # methods differ only in the pair distance)
     t_own = _typicality(io_, cmask, zs_mm)
@@ -413,6 +536,362 @@ def _resolve_model(model: AsymmetryEncoder | str | None) -> AsymmetryEncoder:
     return load_model(model)[0]
 
 
+def _away_from_air(both: np.ndarray, sp: Sequence[float]) -> np.ndarray:
+    """Voxels with tissue on both sides within ``AIR_MM`` (box): no air or cortical bone.
+
+    Air cavities (sinuses, mastoid cells, ear canals) and the skull base around them are
+    naturally asymmetric at the image level and not where this heatmap should peak.
+    """
+    size = [max(1, 2 * int(round(AIR_MM / s)) + 1) if n > 1 else 1
+            for s, n in zip(sp, both.shape, strict=True)]
+    return ndimage.minimum_filter(both, size) > TISSUE_MIN
+
+
+def _plane_distance(shape: Sequence[int], sp: Sequence[float], plane: Midplane) -> np.ndarray:
+    """Signed distance (mm) of every voxel from ``plane`` (float32, ``shape``)."""
+    n = np.asarray(plane.normal, dtype=float)
+    ctr = (np.asarray(shape, dtype=float) - 1.0) / 2.0
+    parts = [
+        ((np.arange(shape[i]) - ctr[i]) * sp[i] * n[i]).astype(np.float32) for i in range(3)
+    ]
+    return (
+        parts[0][:, None, None] + parts[1][None, :, None] + parts[2][None, None, :]
+        - np.float32(plane.offset_mm)
+    )
+
+
+def _demons(
+    fixed: np.ndarray, moving: np.ndarray, sp: Sequence[float]
+) -> np.ndarray:
+    """Warp ``moving`` onto ``fixed`` with a smooth deformation (Thirion demons).
+
+    The two hemispheres of a normal head are not exact mirror images: gyri, ventricles and
+    the skull base are displaced by a few millimetres. A smooth deformation of at most
+    ``WARP_MAX_MM`` (Gaussian regularisation ``WARP_SIGMA_MM``) absorbs such displacements;
+    a lesion is a change of intensity over a region that no small, smooth displacement can
+    explain, so it remains in the difference. Runs on a ``WARP_GRID_MM`` copy; the field is
+    interpolated back. Returns the warped ``moving`` (native grid).
+    """
+    if WARP_ITERS <= 0:
+        return moving
+    fac = [min(1.0, s / WARP_GRID_MM) if n > 1 else 1.0
+           for s, n in zip(sp, fixed.shape, strict=True)]
+    f = ndimage.zoom(fixed, fac, order=1, prefilter=False)
+    m = ndimage.zoom(moving, fac, order=1, prefilter=False)
+    gsp = [s * n / k for s, n, k in zip(sp, fixed.shape, f.shape, strict=True)]
+    nd = f.ndim
+    grid = np.indices(f.shape, dtype=np.float32)
+    u = np.zeros((nd, *f.shape), np.float32)  # displacement in voxels of the coarse grid
+    sig = [WARP_SIGMA_MM / s if n > 1 else 0.0 for s, n in zip(gsp, f.shape, strict=True)]
+    maxv = np.asarray([WARP_MAX_MM / s for s in gsp], np.float32)
+    active = [ax for ax in range(nd) if f.shape[ax] > 1]
+    for _ in range(WARP_ITERS):
+        mw = ndimage.map_coordinates(m, grid + u, order=1, mode="nearest")
+        diff = f - mw
+        grads = [np.gradient(mw, axis=ax) for ax in active]
+        den = sum(g * g for g in grads) + diff * diff + 1e-6
+        for ax, g in zip(active, grads, strict=True):
+            u[ax] += diff * g / den
+            u[ax] = ndimage.gaussian_filter(u[ax], sig, mode="nearest")
+            np.clip(u[ax], -maxv[ax], maxv[ax], out=u[ax])
+    # back to the native grid: displacement in native voxels
+    out_grid = np.indices(fixed.shape, dtype=np.float32)
+    coords = [out_grid[ax] * (f.shape[ax] - 1) / max(fixed.shape[ax] - 1, 1) for ax in range(nd)]
+    un = np.empty((nd, *fixed.shape), np.float32)
+    for ax in range(nd):
+        scale = (fixed.shape[ax] - 1) / max(f.shape[ax] - 1, 1)
+        un[ax] = ndimage.map_coordinates(u[ax], coords, order=1, mode="nearest") * scale
+    return ndimage.map_coordinates(moving, out_grid + un, order=1, mode="nearest").astype(
+        np.float32)
+
+
+def _presmooth(
+    norm: np.ndarray, mirror: np.ndarray, sp: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    return _smooth(norm, sp, PRESMOOTH_MM), _smooth(mirror, sp, PRESMOOTH_MM)
+
+
+def _tolerant_difference(
+    norm: np.ndarray, mirror: np.ndarray, sp: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel difference to the other side that a small misregistration cannot explain.
+
+    Both sides are smoothed (``PRESMOOTH_MM``); a voxel's difference is how far its value
+    lies outside the range (min..max) of the other side within ``TOLERANCE_MM``. Edges that
+    are only slightly displaced between the hemispheres give 0; a lesion's interior does not.
+
+    Returns:
+        ``(difference, level)``: the difference and ``max`` of the two smoothed sides (the
+        intensity level used to stratify the normalisation; symmetric about the plane).
+    """
+    a, b = _presmooth(norm, mirror, sp)
+    level = np.maximum(a, b)
+    if DIFF_DOMAIN == "log":  # relative differences: a lesion changes contrast by a factor
+        eps = np.float32(LOG_EPS)
+        a = np.log(np.maximum(a, 0) + eps)
+        b = np.log(np.maximum(b, 0) + eps)
+    size = [
+        max(1, 2 * int(round(TOLERANCE_MM / s)) + 1) if n > 1 else 1
+        for s, n in zip(sp, norm.shape, strict=True)
+    ]
+    hi = ndimage.maximum_filter(b, size)
+    lo = ndimage.minimum_filter(b, size)
+    diff = np.maximum(np.maximum(a - hi, lo - a), 0.0)
+    return diff.astype(np.float32), level
+
+
+def _gradient_energy(vol: np.ndarray, sp: Sequence[float]) -> np.ndarray:
+    """Squared gradient magnitude (per mm) of ``vol``."""
+    out = np.zeros(vol.shape, np.float32)
+    for ax in range(vol.ndim):
+        if vol.shape[ax] > 1:
+            g = np.gradient(vol, axis=ax) / np.float32(sp[ax])
+            out += g * g
+    return out
+
+
+def _edge_side(
+    a: np.ndarray, b: np.ndarray, sp: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Side weight from edges: ``w`` near 1 where this side's edges outline the difference.
+
+    Returns ``(w, g_a, g_b)`` (the log-intensity gradient energies are reused).
+
+    A lesion brings its own boundary: around the asymmetric region, the lesion side has an
+    edge that the other side lacks; a mere displacement of a structure gives edges on both
+    sides (``w`` near 0.5). With ``B`` the gradient magnitude of the smoothed ``|a - b|``
+    (high on the outline of the asymmetric region) and ``g = |grad log(. + LOG_EPS)|^2``,
+    ``S = G*(B (g_a - g_b)) / G*(B (g_a + g_b))`` in [-1, 1] and ``w = (1 + S) / 2`` sharpened by
+    ``SIDE_POWER``. ``S`` is antisymmetric about the plane, so the pair's two sides get
+    complementary weights.
+    """
+    outline = np.sqrt(_gradient_energy(_smooth(np.abs(a - b), sp, 2.0), sp))
+    # edges of log intensity: a change of contrast inside a region (a multiplicative
+    # lesion, a bias) leaves them unchanged, only the region's outline adds energy
+    eps = np.float32(LOG_EPS)
+    ga = _gradient_energy(np.log(np.maximum(a, 0) + eps), sp)
+    gb = _gradient_energy(np.log(np.maximum(b, 0) + eps), sp)
+    num = _smooth(outline * (ga - gb), sp, SIDE_MM)
+    den = _smooth(outline * (ga + gb), sp, SIDE_MM)
+    s = np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
+    return _side_weight((1.0 + s) / 2.0, (1.0 - s) / 2.0), ga, gb
+
+
+def _quantile_bins(values: np.ndarray, inner: np.ndarray, n: int, rng) -> np.ndarray:
+    idx = np.flatnonzero(inner)
+    if len(idx) > 200_000:
+        idx = rng.choice(idx, 200_000, replace=False)
+    if len(idx) == 0 or n <= 1:
+        return np.zeros(values.shape, np.int32)
+    cuts = np.quantile(values.ravel()[idx], np.arange(1, n) / n)
+    return np.digitize(values, cuts).astype(np.int32)
+
+
+def _strata(
+    inner: np.ndarray, level: np.ndarray, texture: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Label every voxel with its stratum: intensity tertile x local-texture quartile.
+
+    Both are symmetric about the plane (the larger of the two sides), so a voxel and its
+    mirror partner share a stratum. Natural asymmetry is common where the anatomy is
+    complex (skull base, cortex: high texture) and rare in smooth tissue; a lesion leaves the
+    texture of log intensity unchanged inside it, so it does not move its own stratum.
+    """
+    rng = np.random.default_rng(seed)
+    lab = _quantile_bins(level, inner, N_LEVEL_BINS, rng)
+    tex = _quantile_bins(texture, inner, N_TEXTURE_BINS, rng)
+    return tex * N_LEVEL_BINS + lab, N_LEVEL_BINS * N_TEXTURE_BINS
+
+
+def _stratified_z(
+    values: np.ndarray, inner: np.ndarray, strata: np.ndarray, n_strata: int, seed: int = 0
+) -> np.ndarray:
+    """``(v - median) / (q90 - median)`` per stratum, from the inner voxels of the scan itself.
+
+    This is the scan's own normal left-right variability: a lesion is a small fraction of a
+    stratum, natural asymmetry (where it is common) raises the stratum's scale.
+    """
+    rng = np.random.default_rng(seed)
+    idx = np.flatnonzero(inner)
+    if len(idx) > 400_000:
+        idx = rng.choice(idx, 400_000, replace=False)
+    v, st = values.ravel()[idx], strata.ravel()[idx]
+    loc = np.zeros(n_strata, np.float32)
+    scale = np.ones(n_strata, np.float32)
+    glob = np.quantile(v, [0.5, 0.9]) if len(v) else np.array([0.0, 1.0])
+    g_scale = max(float(glob[1] - glob[0]), 1e-6)
+    for k in range(n_strata):
+        vk = v[st == k]
+        if len(vk) < 50:
+            loc[k], scale[k] = glob[0], g_scale
+            continue
+        q50, q90 = np.quantile(vk, [0.5, 0.9])
+        loc[k], scale[k] = q50, max(float(q90 - q50), 0.5 * g_scale, 1e-6)
+    z = (values - loc[strata]) / scale[strata]
+    z[~inner] = 0.0
+    return z.astype(np.float32)
+
+
+@dataclass
+class _Components:
+    """Intermediate maps of one volume (native voxel grid)."""
+
+    prep: _Prepared
+    inner: np.ndarray  # bool: where the heatmap may peak
+    side_typ: np.ndarray | None  # side weight in [0, 1], typicality rule (if needed)
+    side_edge: np.ndarray  # side weight in [0, 1], edge rule
+    plain: np.ndarray  # smoothed |I - mirror| in the foreground (baseline)
+    z_int: np.ndarray  # stratified z of the tolerant difference (pair-symmetric)
+    z_siam: np.ndarray | None  # stratified z of the Siamese pair distance (pair-symmetric)
+    zs: np.ndarray
+    seconds: dict[str, float]
+    native: tuple[int, ...]  # the scan's spatial shape (the maps above are on the copy)
+
+
+def _components(
+    scan: Scan,
+    model: AsymmetryEncoder | None,
+    plane: Midplane | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> _Components:
+    import time
+
+    t = {"start": time.perf_counter()}
+    report(progress, 0, 4, "mid-sagittal plane")
+    check(cancel)
+    prep, native = _prepare_analysis(scan, plane)
+    t["prepare"] = time.perf_counter()
+    sp = prep.spacing
+    shape = prep.norm.shape
+    zs = _select_slices(prep.mask, sp[0])
+    report(progress, 1, 4, "resampling")
+    check(cancel)
+    report(progress, 2, 4, "patch distances")
+    need_typ = SIDE in ("typicality", "both")
+    if model is not None or need_typ:
+        work = _to_working(prep.norm[zs], sp)
+        mirw = _to_working(prep.mirror[zs], sp)
+        mask_w = _to_working(prep.mask[zs].astype(np.float32), sp, order=0) > 0.5
+        d, w = _heat_from_frames(work, mirw, mask_w, zs * sp[0], model, cancel, need_typ)
+    else:
+        d, w = None, None
+    t["patches"] = time.perf_counter()
+    report(progress, 3, 4, "heatmap")
+    check(cancel)
+    side_typ = _grid_to_native(w, zs, shape, sp) if w is not None else None
+    inner = _inner(prep.mask, sp)
+    plain = _smooth(np.abs(prep.norm - prep.mirror) * prep.mask, sp)
+    pdist = _plane_distance(shape, sp, prep.plane) if prep.plane is not None else None
+    if pdist is not None:
+        inner &= np.abs(pdist) >= MIDLINE_MM
+    warped = _demons(prep.norm, prep.mirror, sp)
+    diff, level = _tolerant_difference(prep.norm, warped, sp)
+    a, b = _presmooth(prep.norm, prep.mirror, sp)
+    inner &= _away_from_air(np.minimum(a, b), sp)
+    side_edge, ga, gb = _edge_side(a, b, sp)
+    texture = _smooth(np.maximum(ga, gb), sp, TEXTURE_MM)
+    strata, n_strata = _strata(inner, level, texture)
+    diff = _smooth(diff, sp, BLOB_MM)
+    if SYMMETRISE and prep.plane is not None:  # one value per pair; the side rule decides
+        diff = np.maximum(diff, mirror_volume(diff, prep.plane, spacing=sp))
+    z_int = _stratified_z(diff, inner, strata, n_strata)
+    z_siam = None
+    if model is not None:
+        dn = _grid_to_native(d, zs, shape, sp)
+        if prep.plane is not None:  # the pair distance belongs to both sides: symmetrise
+            dn = np.maximum(dn, mirror_volume(dn, prep.plane, spacing=sp))
+        z_siam = _stratified_z(_smooth(dn, sp, BLOB_MM), inner, strata, n_strata)
+    t["maps"] = time.perf_counter()
+    secs = {k: round(t[k] - t[p], 3) for p, k in zip(
+        ["start", "prepare", "patches"], ["prepare", "patches", "maps"], strict=True)}
+    return _Components(prep, inner, side_typ, side_edge, plain, z_int, z_siam, zs, secs, native)
+
+
+def _combine(comp: _Components, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(symmetric map, restriction mask)`` of ``method`` from the components."""
+    if method == "intensity":  # baseline: plain smoothed difference, whole foreground
+        return comp.plain, comp.prep.mask
+    zi = np.maximum(comp.z_int, 0.0)
+    if method == "intensity-z" or comp.z_siam is None:
+        return zi, comp.inner
+    zd = np.maximum(comp.z_siam, 0.0)
+    how = method.split(":", 1)[1] if ":" in method else COMBINE
+    if how == "sum":
+        return (zi + zd).astype(np.float32), comp.inner
+    if how == "distance":
+        return zd, comp.inner
+    if how == "geomean":
+        return np.sqrt(zi * zd).astype(np.float32), comp.inner
+    raise ValueError(f"unknown combination {how!r}")
+
+
+def _result(scan: Scan, comp: _Components, method: str) -> AsymmetryResult:
+    sym, where = _combine(comp, method)
+    sym = (sym * where).astype(np.float32)
+    if SIDE == "typicality":
+        side = comp.side_typ
+    elif SIDE == "both":
+        side = _side_weight(comp.side_typ * comp.side_edge,
+                            (1 - comp.side_typ) * (1 - comp.side_edge), 1.0)
+    else:
+        side = comp.side_edge
+    heat = _to_shape(sym * side, comp.native)
+    sym = _to_shape(sym, comp.native)
+    if scan.spatial_ndim == 2:
+        heat, sym = heat[0], sym[0]
+    prep = comp.prep
+    return AsymmetryResult(
+        heatmap=heat,
+        score=float(sym.max()) if sym.size else 0.0,
+        top_regions=top_regions(heat),
+        plane=prep.plane,
+        symmetric_map=sym,
+        method=method,
+        info={
+            "analysis_spacing": [float(v) for v in prep.spacing],
+            "plane": prep.plane.to_dict() if prep.plane is not None else None,
+            "seconds": comp.seconds,
+        },
+    )
+
+
+def asymmetry_maps(
+    scan: Scan,
+    model: AsymmetryEncoder | str | None = None,
+    methods: Sequence[str] = METHODS,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    *,
+    plane: Midplane | None = None,
+) -> dict[str, AsymmetryResult]:
+    """Several heatmaps of one scan that share the plane, mirror and side rule.
+
+    Args:
+        scan: See :func:`asymmetry_map`.
+        model: Encoder, model directory or None (bundled); only loaded when ``"siamese"`` is
+            among ``methods``.
+        methods: Any of ``"siamese"`` (the full method), ``"intensity-z"`` (the normalised
+            tolerant difference without the encoder) and ``"intensity"`` (the plain
+            mirrored-difference baseline); ``"siamese:sum"``, ``"siamese:geomean"`` and
+            ``"siamese:distance"`` choose how the Siamese distance is combined (development).
+        progress: ``(done, total, message)`` callback.
+        cancel: Cancel token.
+        plane: A known mid-sagittal plane (skips the search).
+
+    Returns:
+        ``{method: result}``.
+    """
+    unknown = {m for m in methods if m.split(":")[0] not in METHODS}
+    if unknown:
+        raise ValueError(f"unknown asymmetry method(s): {sorted(unknown)}")
+    enc = _resolve_model(model) if any(m.startswith("siamese") for m in methods) else None
+    comp = _components(scan, enc, plane, progress, cancel)
+    out = {m: _result(scan, comp, m) for m in methods}
+    report(progress, 4, 4, "done")
+    return out
+
+
 def _volume_map(
     scan: Scan,
     model: AsymmetryEncoder | None,
@@ -421,46 +900,9 @@ def _volume_map(
     cancel: CancelToken | None,
     method: str,
 ) -> AsymmetryResult:
-    report(progress, 0, 4, "mid-sagittal plane")
-    check(cancel)
-    prep = _prepare_volume(scan, plane)
-    sp = prep.spacing
-    zs = _select_slices(prep.mask, sp[0])
-    report(progress, 1, 4, "resampling")
-    check(cancel)
-    work = _to_working(prep.norm[zs], sp)
-    mirw = _to_working(prep.mirror[zs], sp)
-    mask_w = _to_working(prep.mask[zs].astype(np.float32), sp, order=0) > 0.5
-    report(progress, 2, 4, "patch distances")
-    d, w = _heat_from_frames(work, mirw, mask_w, zs * sp[0], model, cancel)
-    report(progress, 3, 4, "heatmap")
-    check(cancel)
-    shape = prep.norm.shape
-    wn = _grid_to_native(w, zs, shape, sp)
-    fine = _smooth(np.abs(prep.norm - prep.mirror) * prep.mask, sp)
-    if model is None:  # baseline: voxel-wise absolute difference
-        sym = fine
-    else:  # Siamese patch distance, localised within the patch by the voxel difference
-        dn = _grid_to_native(d, zs, shape, sp)
-        if prep.plane is not None:  # the pair distance belongs to both sides: symmetrise
-            dn = np.maximum(dn, mirror_volume(dn, prep.plane))
-        sym = _smooth(dn * prep.mask, sp)
-    heat = fine * wn if model is None else sym * fine * wn
-    heat *= prep.mask
-    sym *= prep.mask
-    is2d = scan.spatial_ndim == 2
-    if is2d:
-        heat, sym = heat[0], sym[0]
+    comp = _components(scan, model, plane, progress, cancel)
     report(progress, 4, 4, "done")
-    return AsymmetryResult(
-        heatmap=heat.astype(np.float32),
-        score=float(sym.max()) if sym.size else 0.0,
-        top_regions=top_regions(heat),
-        plane=prep.plane,
-        symmetric_map=sym.astype(np.float32),
-        method=method,
-        info={"slices_analysed": [int(z) for z in zs], "plane": prep.plane.to_dict()},
-    )
+    return _result(scan, comp, method)
 
 
 def asymmetry_map(

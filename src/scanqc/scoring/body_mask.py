@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from scanqc.io.intensity import looks_like_hounsfield, normalize, robust_window
+from scanqc.io.intensity import CT_WINDOW, looks_like_hounsfield, normalize, robust_window
 from scanqc.io.scan import Scan
 
 #: In-plane size (pixels) of the downsampled copy of a volume.
@@ -77,7 +77,9 @@ def meta_text(scan: Scan, *keys: str) -> str:
 def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
     """Return Otsu's threshold of ``values`` (finite floats)."""
     v = np.asarray(values, dtype=np.float32).ravel()
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
     if v.size == 0:
         return 0.0
     lo, hi = float(v.min()), float(v.max())
@@ -149,19 +151,98 @@ def downsample(scan: Scan) -> tuple[np.ndarray, np.ndarray, int]:
     return data[idx, ::step, ::step].astype(np.float32), idx, step
 
 
+def _shift_and(a: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """``out &= a`` shifted by +1 and by -1 along ``axis`` (outside the array: False)."""
+    n = a.shape[axis]
+    if n < 2:
+        out[...] = False
+        return
+    lo = [slice(None)] * a.ndim
+    hi = [slice(None)] * a.ndim
+    lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+    lo_t, hi_t = tuple(lo), tuple(hi)
+    out[hi_t] &= a[lo_t]
+    out[lo_t] &= a[hi_t]
+    first = [slice(None)] * a.ndim
+    last = [slice(None)] * a.ndim
+    first[axis], last[axis] = 0, n - 1
+    out[tuple(first)] = False
+    out[tuple(last)] = False
+
+
+def _shift_or(a: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """``out |= a`` shifted by +1 and by -1 along ``axis``."""
+    n = a.shape[axis]
+    if n < 2:
+        return
+    lo = [slice(None)] * a.ndim
+    hi = [slice(None)] * a.ndim
+    lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+    lo_t, hi_t = tuple(lo), tuple(hi)
+    out[hi_t] |= a[lo_t]
+    out[lo_t] |= a[hi_t]
+
+
+def erode_cross(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Binary erosion by the cross over ``axes`` (outside the array counts as False).
+
+    Same result as ``scipy.ndimage.binary_erosion`` with the matching cross structure
+    (one iteration), with a few numpy slices instead of a generic filter.
+    """
+    out = a.copy()
+    for ax in axes:
+        _shift_and(a, ax, out)
+    return out
+
+
+def dilate_cross(a: np.ndarray, axes: tuple[int, ...], iterations: int = 1) -> np.ndarray:
+    """Binary dilation by the cross over ``axes``, ``iterations`` times (border False).
+
+    Same result as ``scipy.ndimage.binary_dilation`` with the matching cross structure.
+    """
+    out = a
+    for _ in range(iterations):
+        src, out = out, out.copy()
+        for ax in axes:
+            _shift_or(src, ax, out)
+    return out
+
+
+def fill_holes_inplane(fg: np.ndarray) -> np.ndarray:
+    """Fill holes of a stack ``(N, y, x)`` slice by slice (4-connected background).
+
+    Same result as ``scipy.ndimage.binary_fill_holes`` with an in-plane cross structure:
+    background regions that do not reach the in-plane border of their slice become
+    foreground. One labelling pass instead of an iterated propagation.
+    """
+    bg = ~fg
+    if not bg.any():
+        return fg.copy()
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndi.generate_binary_structure(2, 1)
+    lab, n = ndi.label(bg, structure=structure)
+    if n == 0:
+        return fg.copy()
+    edge = np.zeros(n + 1, bool)
+    for border in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+        edge[border.ravel()] = True
+    edge[0] = True  # label 0 is the foreground itself
+    return ~edge[lab] | fg
+
+
 def body_mask(win: np.ndarray, threshold: float) -> np.ndarray:
     """Return the body mask of a windowed stack ``(N, y, x)``.
 
-    Thresholds, keeps the 3D connected components at least
-    :data:`MIN_COMPONENT_FRACTION` of the largest, and fills holes slice by slice.
+    Thresholds, removes speckle (in-plane opening), keeps the 3D connected components at
+    least :data:`MIN_COMPONENT_FRACTION` of the largest, and fills holes slice by slice.
+    The morphology runs on numpy slices (:func:`erode_cross`, :func:`dilate_cross`,
+    :func:`fill_holes_inplane`); the results equal those of ``scipy.ndimage``.
     """
     fg = win > threshold
     if not fg.any():
         return fg
     # Remove speckle before labelling (noise in air would otherwise join components).
-    structure = np.zeros((3, 3, 3), bool)
-    structure[1] = ndi.generate_binary_structure(2, 1)
-    fg = ndi.binary_opening(fg, structure=structure)
+    fg = dilate_cross(erode_cross(fg, (1, 2)), (1, 2))
     if not fg.any():
         return fg
     lab, n = ndi.label(fg)
@@ -170,22 +251,31 @@ def body_mask(win: np.ndarray, threshold: float) -> np.ndarray:
         sizes[0] = 0
         keep = sizes >= MIN_COMPONENT_FRACTION * sizes.max()
         fg = keep[lab]
-    # One call, holes filled within each slice (the structure has no z neighbours).
-    return ndi.binary_fill_holes(fg, structure=structure)
+    # Holes filled within each slice (no z neighbours).
+    return fill_holes_inplane(fg)
 
 
 def prepare(scan: Scan) -> CheckData:
     """Build the shared :class:`CheckData` of ``scan`` (downsample, window, mask)."""
     raw, idx, step = downsample(scan)
-    finite = np.isfinite(raw)
-    n_bad = int(raw.size - np.count_nonzero(finite))
+    n_bad = 0
+    if scan.data.dtype.kind not in "iub":  # integer data (and its luminance) is finite
+        finite = np.isfinite(raw)
+        n_bad = int(raw.size - np.count_nonzero(finite))
     if n_bad:
         fill = float(np.min(raw[finite])) if finite.any() else 0.0
         raw = np.where(finite, raw, np.float32(fill)).astype(np.float32)
     modality = (scan.modality or "").upper()
     sample = raw.ravel()[:: max(1, raw.size // SAMPLE)]
-    hu = bool(modality in ("CT", "") and looks_like_hounsfield(sample))
-    window = robust_window(sample, "CT" if hu else modality)
+    # Hounsfield units need a 1st percentile at or below -500: a minimum above it rules
+    # them out without the percentile
+    hu = bool(modality in ("CT", "") and sample.size and float(sample.min()) <= -500
+              and looks_like_hounsfield(sample))
+    # robust_window(sample, "CT") would test for Hounsfield units again; the modality
+    # changes nothing else in it
+    # integer data: the same values as integers take robust_window's histogram path
+    integer = scan.data.dtype.kind in "iu" and not scan.rgb
+    window = CT_WINDOW if hu else robust_window(sample.astype(np.int64) if integer else sample)
     win = normalize(raw, window=window)
     if hu:
         thr = (CT_BODY_HU - window[0]) / (window[1] - window[0])

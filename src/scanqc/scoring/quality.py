@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scanqc.io.scan import Scan, ScanWarning
-from scanqc.scoring.body_mask import CheckData, meta_get, prepare
+from scanqc.scoring.body_mask import CheckData, dilate_cross, meta_get, prepare
 from scanqc.scoring.fov import is_projection
 
 #: cleanvision thresholds (on the bit-depth scale).
@@ -99,7 +99,8 @@ def _bit_scaled(scan: Scan, d: CheckData) -> np.ndarray:
 
 def entropy_bits(win: np.ndarray) -> float:
     """Shannon entropy (bits) of a 256-bin histogram of windowed data in [0, 1]."""
-    hist = np.bincount(np.clip((win.ravel() * 255).astype(np.int64), 0, 255), minlength=256)
+    # clip before the integer cast: same bins as clipping after it, ten times faster
+    hist = np.bincount(np.clip(win.ravel() * 255, 0, 255).astype(np.uint8), minlength=256)
     p = hist[hist > 0] / hist.sum()
     return float(-(p * np.log2(p)).sum())
 
@@ -139,6 +140,21 @@ def blur_score(img: np.ndarray, size: int = 128) -> float:
     return float(edges[1:-1, 1:-1].std()) / sd
 
 
+def _open_2x2(a: np.ndarray) -> np.ndarray:
+    """In-plane binary opening of a stack ``(N, y, x)`` by a 2x2 square.
+
+    Same result as ``ndi.binary_opening(a, structure=np.ones((1, 2, 2), bool))``: the
+    union of the 2x2 squares that lie entirely inside ``a``.
+    """
+    e = np.zeros_like(a)
+    e[:, :-1, :-1] = a[:, 1:, 1:] & a[:, :-1, 1:] & a[:, 1:, :-1] & a[:, :-1, :-1]
+    out = e.copy()
+    out[:, 1:, :] |= e[:, :-1, :]
+    out[:, :, 1:] |= e[:, :, :-1]
+    out[:, 1:, 1:] |= e[:, :-1, :-1]
+    return out
+
+
 def _middle(d: CheckData) -> np.ndarray:
     areas = d.mask.reshape(d.mask.shape[0], -1).sum(axis=1)
     i = int(np.argmax(areas)) if areas.max() > 0 else d.win.shape[0] // 2
@@ -161,7 +177,8 @@ def quality_metrics(scan: Scan, data: CheckData | None = None) -> dict[str, floa
     nan = float("nan")
     raw = d.raw - float(d.raw.min()) if d.raw.size else d.raw
     fg = _sub(raw[d.mask])
-    air_mask = ~ndi.binary_dilation(d.mask, iterations=2) if d.mask.any() else ~d.mask
+    # = ~ndi.binary_dilation(d.mask, iterations=2), with numpy slices
+    air_mask = ~dilate_cross(d.mask, (0, 1, 2), 2) if d.mask.any() else ~d.mask
     air = _sub(raw[air_mask])
     m: dict[str, float] = {"body_fraction": d.body_fraction}
     if fg.size > 2:
@@ -178,17 +195,18 @@ def quality_metrics(scan: Scan, data: CheckData | None = None) -> dict[str, floa
         wfg = _sub(d.win[d.mask])
         t = float(np.median(wfg)) if wfg.size else 0.5
         c1, c2 = wfg[wfg <= t], wfg[wfg > t]
-        s_air = float(d.win[air_mask].std())
+        win_air = d.win[air_mask]
+        s_air = float(win_air.std())
         if c1.size > 1 and c2.size > 1:
             den = math.sqrt(s_air**2 + float(c1.var()) + float(c2.var()))
             m["cnr"] = abs(float(c2.mean()) - float(c1.mean())) / den if den > 0 else nan
         else:
             m["cnr"] = nan
         # QI1-like: air pixels clearly above the air noise, after removing speckle.
-        wa = _sub(d.win[air_mask])
-        thr = float(np.median(wa) + max(0.1, 3 * 1.4826 * np.median(np.abs(wa - np.median(wa)))))
-        art = (d.win > thr) & air_mask
-        art = ndi.binary_opening(art, structure=np.ones((1, 2, 2), bool))
+        wa = _sub(win_air)
+        med_wa = np.median(wa)
+        thr = float(med_wa + max(0.1, 3 * 1.4826 * np.median(np.abs(wa - med_wa))))
+        art = _open_2x2((d.win > thr) & air_mask)
         m["qi1"] = float(art.sum()) / float(air_mask.sum())
     else:
         m.update(snr_dietrich=nan, fber=nan, cnr=nan, qi1=nan)
@@ -204,13 +222,17 @@ def quality_metrics(scan: Scan, data: CheckData | None = None) -> dict[str, floa
     m["entropy_bits"] = entropy_bits(d.win)
     m["neighbour_corr"] = neighbour_correlation(d.win)
     m["blur"] = blur_score(_middle(d))
-    bit = _bit_scaled(scan, d)
-    p01, p05, p99 = (float(v) for v in np.percentile(_sub(bit), [1, 5, 99]))
-    m["p01_bit"], m["p05_bit"], m["p99_bit"] = p01, p05, p99
     lo, hi = bit_depth_range(scan, d.raw)
+    # = _sub(_bit_scaled(scan, d)): the scaling is element-wise, so only the sample is scaled
+    bit = _sub(d.win) if d.hounsfield else np.clip((_sub(d.raw) - lo) / (hi - lo), 0, 1)
+    p01, p05, p99 = (float(v) for v in np.percentile(bit, [1, 5, 99]))
+    m["p01_bit"], m["p05_bit"], m["p99_bit"] = p01, p05, p99
     # CT in HU has no bit-depth ceiling worth checking (metal reaches the top legitimately).
     m["clipped_high"] = 0.0 if d.hounsfield else float(np.mean(d.raw >= hi))
     m["clipped_low"] = float(np.mean(d.raw[d.mask] <= lo)) if d.mask.any() else 0.0
+    from scanqc.scoring.artifacts import artifact_metrics  # MR artefact measures (issue 4)
+
+    m.update(artifact_metrics(scan, d))  # the keys of artifacts.ARTIFACT_KEYS
     d.extra["metrics"] = dict(m)
     return m
 

@@ -20,9 +20,14 @@ The method follows Belton et al. (MIDL 2021) and FewSOME (Belton et al., CVPRW 2
 * **flagged** = ``d > threshold``.
 * **Image-quality distance** (optional, when the set holds the references' quality
   metrics and the caller passes each scan's): the image-quality measures of
-  :func:`scanqc.scoring.quality.quality_metrics` (:data:`QUALITY_KEYS`), each divided by
-  its standard deviation over the references, and the scan's **minimum** RMS difference to
-  a reference (:func:`quality_distances`). It is calibrated like the embedding distance,
+  :func:`scanqc.scoring.quality.quality_metrics` (:data:`QUALITY_KEYS`, including the
+  artefact measures of :mod:`scanqc.scoring.artifacts`), the ratio measures of
+  :data:`QUALITY_LOG_KEYS` on a log10 scale, each divided by its nearest-reference
+  spread (:func:`quality_scales`: the median difference between a reference and its
+  nearest other reference, floored at :data:`QUALITY_FLOORS` so a measure that is nearly
+  constant over the references, such as a clipped fraction, does not turn a negligible
+  difference into a large one), and the scan's **minimum** RMS difference to a reference
+  (:func:`quality_distances`). It is calibrated like the embedding distance,
   on the references only (threshold = largest leave-one-out value, median reference at
   0.1), and fused by ``max``: the encoder is trained to ignore noise and blur (SimCLR
   augmentations), so artefacts such as ghosting and motion move it little while they move
@@ -61,7 +66,25 @@ _MEDIAN_REFERENCE_SCORE = 0.1  # bad_score of the median reference (leave-one-ou
 QUALITY_KEYS: tuple[str, ...] = (
     "snr", "snr_dietrich", "cnr", "efc", "fber", "qi1", "body_fraction", "entropy_bits",
     "blur", "neighbour_corr", "p01_bit", "p05_bit", "p99_bit", "clipped_high", "clipped_low",
+    "kspace_roughness", "air_floor_fraction", "air_signal_fraction", "slice_dir_r",
+    "slice_dir_a", "slice_dir_s",
 )
+#: Ratio measures compared on a log10 scale (their spread between scans is multiplicative);
+#: values <= 0 count as missing.
+QUALITY_LOG_KEYS: frozenset[str] = frozenset({"snr", "snr_dietrich", "cnr", "fber"})
+#: Smallest per-measure scale of the quality distance (in the measure's units, log10 units
+#: for :data:`QUALITY_LOG_KEYS`): the difference below which two scans count as equal on
+#: that measure. Fractions: 2 percentage points; EFC and neighbour correlation: 0.02;
+#: entropy: 0.2 bits; blur (edge-to-contrast ratio): 0.1; ratios: 0.05 decades (12%);
+#: k-space roughness: 0.005; slice direction cosines: 0.1 (about 6 degrees).
+QUALITY_FLOORS: dict[str, float] = {
+    "snr": 0.05, "snr_dietrich": 0.05, "cnr": 0.05, "fber": 0.05,
+    "efc": 0.02, "neighbour_corr": 0.02, "entropy_bits": 0.2, "blur": 0.1,
+    "qi1": 0.02, "body_fraction": 0.02, "p01_bit": 0.02, "p05_bit": 0.02, "p99_bit": 0.02,
+    "clipped_high": 0.02, "clipped_low": 0.02, "air_floor_fraction": 0.02,
+    "air_signal_fraction": 0.02, "kspace_roughness": 0.005,
+    "slice_dir_r": 0.1, "slice_dir_a": 0.1, "slice_dir_s": 0.1,
+}
 #: Fewest references with quality metrics for the quality distance to be used.
 MIN_QUALITY_REFERENCES = 3
 
@@ -182,37 +205,97 @@ def quality_matrix(
     return out
 
 
-def quality_distances(x: np.ndarray, refs: np.ndarray) -> np.ndarray:
+def quality_space(x: np.ndarray, keys: Sequence[str] = QUALITY_KEYS) -> np.ndarray:
+    """Map ``(N, K)`` quality measures to the space the distance works in.
+
+    Columns of :data:`QUALITY_LOG_KEYS` become ``log10`` (NaN for values <= 0); the others
+    are unchanged.
+
+    Raises:
+        ValueError: When the width of ``x`` is not ``len(keys)``.
+    """
+    out = np.array(np.atleast_2d(np.asarray(x, dtype=np.float64)), copy=True)
+    if out.shape[1] != len(keys):
+        raise ValueError(f"quality measures have {out.shape[1]} columns for {len(keys)} keys")
+    for j, k in enumerate(keys):
+        if k in QUALITY_LOG_KEYS:
+            col = out[:, j]
+            with np.errstate(all="ignore"):
+                out[:, j] = np.where(col > 0, np.log10(np.where(col > 0, col, 1.0)), np.nan)
+    return out
+
+
+def quality_scales(refs: np.ndarray, keys: Sequence[str] = QUALITY_KEYS) -> np.ndarray:
+    """Per-measure scales of the quality distance: nearest-reference spread, floored.
+
+    The distance of a scan is to its *nearest* reference, so the unit of each measure is
+    how much a reference differs from its own nearest other reference (not the spread of
+    the whole set, which mixes protocols and subjects and hides artefacts smaller than
+    the differences between them). ``refs`` must already be in :func:`quality_space`.
+
+    1. Standardise by the standard deviation over the references (floored at
+       :data:`QUALITY_FLOORS`) and find each reference's nearest other reference (RMS
+       over the measures, NaN differences as 0).
+    2. Scale of a measure = median over the references of ``|r_i - r_nn(i)|``, divided by
+       ``0.6745 * sqrt(2)`` (the standard deviation for Gaussian differences), floored at
+       :data:`QUALITY_FLOORS` (0 for keys without one); 0 or undefined becomes 1.
+
+    With fewer than 2 references the floored standard deviation (or 1) is used.
+    """
+    r = np.atleast_2d(np.asarray(refs, dtype=np.float64))
+    floor = np.array([QUALITY_FLOORS.get(k, 0.0) for k in keys], dtype=np.float64)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+        sd = np.nanstd(r, axis=0, ddof=1) if len(r) > 1 else np.full(r.shape[1], np.nan)
+        sd = np.maximum(np.where(np.isfinite(sd), sd, 0.0), floor)
+        sd = np.where(sd > 0, sd, 1.0)
+        if len(r) < 2:
+            return sd
+        z = r / sd
+        diff = z[:, None, :] - z[None]
+        d = np.sqrt((np.where(np.isfinite(diff), diff, 0.0) ** 2).mean(axis=2))
+        np.fill_diagonal(d, np.inf)
+        nn = d.argmin(axis=1)
+        spread = np.nanmedian(np.abs(r - r[nn]), axis=0) / (0.6745 * math.sqrt(2.0))
+    scale = np.maximum(np.where(np.isfinite(spread), spread, 0.0), floor)
+    return np.where(scale > 0, scale, 1.0)
+
+
+def quality_distances(
+    x: np.ndarray, refs: np.ndarray, keys: Sequence[str] = QUALITY_KEYS
+) -> np.ndarray:
     """Minimum standardised RMS difference of each row of ``x`` to a reference row.
 
-    Each measure is divided by its standard deviation over ``refs`` (1 where that is
-    zero or undefined); NaN differences count as 0.
+    Both are mapped by :func:`quality_space` (log10 of the ratio measures); each measure
+    is divided by its :func:`quality_scales` value (the typical difference between a
+    reference and its nearest other reference, floored at :data:`QUALITY_FLOORS`); NaN
+    differences count as 0.
 
     Args:
-        x: ``(N, K)`` quality measures of the scans.
+        x: ``(N, K)`` quality measures of the scans (columns ``keys``).
         refs: ``(R, K)`` quality measures of the references.
+        keys: The measure names of the columns (default :data:`QUALITY_KEYS`).
 
     Returns:
         ``(N,)`` distances.
     """
-    x2, r = np.atleast_2d(np.asarray(x, float)), np.atleast_2d(np.asarray(refs, float))
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
-        sd = np.nanstd(r, axis=0, ddof=1) if len(r) > 1 else np.full(r.shape[1], np.nan)
-    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    x2, r = quality_space(x, keys), quality_space(refs, keys)
+    sd = quality_scales(r, keys)
     diff = (x2[:, None, :] - r[None]) / sd
     diff = np.where(np.isfinite(diff), diff, 0.0)
     return np.sqrt((diff**2).mean(axis=2)).min(axis=1)
 
 
-def quality_calibration(refs: np.ndarray) -> tuple[float, float]:
+def quality_calibration(
+    refs: np.ndarray, keys: Sequence[str] = QUALITY_KEYS
+) -> tuple[float, float]:
     """``(threshold, scale)`` of the quality distance, from the references alone.
 
     The threshold is the largest leave-one-out quality distance of a reference to the
     others (statistics recomputed without it); the scale maps the median one to 0.1.
     """
     r = np.atleast_2d(np.asarray(refs, float))
-    loo = np.array([quality_distances(r[i:i + 1], np.delete(r, i, axis=0))[0]
+    loo = np.array([quality_distances(r[i:i + 1], np.delete(r, i, axis=0), keys)[0]
                     for i in range(len(r))])
     t0 = float(loo.max())
     gap = max(t0 - float(np.median(loo)), 0.05 * t0, 1e-12)
