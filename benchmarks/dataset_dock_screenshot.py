@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from screenshots import wait  # same folder: benchmarks/screenshots.py
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SCANQC_NOTHREADS", "0")
 
@@ -50,16 +52,6 @@ def build_dataset(data: Path, dest: Path) -> Path:
     for name, rel in SERIES.items():
         (dest / "dicom" / name).symlink_to(data / rel, target_is_directory=True)
     return dest
-
-
-def wait(app, cond, timeout: float = 120.0) -> None:
-    """Process events until ``cond()`` (or raise after ``timeout`` seconds)."""
-    t0 = time.time()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.time() - t0 > timeout:
-            raise TimeoutError("timed out")
 
 
 def settle(app, seconds: float) -> None:

@@ -108,6 +108,7 @@ def close_toasts(viewer, app) -> None:
 
 
 def wait(app, cond, timeout: float = 300.0) -> None:
+    """Process Qt events until ``cond()`` is true (or raise after ``timeout`` seconds)."""
     t0 = time.time()
     while not cond():
         app.processEvents()
