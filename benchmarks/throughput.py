@@ -74,6 +74,62 @@ def generate(n: int, root: Path = BENCH_ROOT) -> Path:
     return out
 
 
+def generate_clinical(n: int, root: Path = BENCH_ROOT) -> Path:
+    """Write ``n`` synthetic scans of clinical size once.
+
+    70 % MR-like NIfTI volumes of 48 x 256 x 256 int16 (gzip, 1 x 1 x 3 mm; an ellipsoid
+    head with an inner structure and noise), 30 % radiograph-like uncompressed 16-bit DICOM
+    images of 2048 x 2048 (12 bits stored, 0.15 mm pixels, Modality DX). Uncompressed DICOM
+    is the cheapest radiograph to read, so it is the hardest case for the score / read
+    ratio among realistic sizes.
+    """
+    import nibabel as nib
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    out = root / f"clinical-{n}"
+    marker = out / ".complete"
+    if marker.exists():
+        return out
+    rng = np.random.default_rng(10_000 + n)
+    z, y, x = np.ogrid[0:48, 0:256, 0:256]
+    yy, xx = np.ogrid[0:2048, 0:2048]
+    for i in range(n):
+        sub = out / f"d{i // 500:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        if i % 10 < 7:
+            cy, cx = 128 + rng.integers(-10, 11), 128 + rng.integers(-10, 11)
+            r2 = ((y - cy) / 100.0) ** 2 + ((x - cx) / 85.0) ** 2 + ((z - 24) / 30.0) ** 2
+            vol = np.where(r2 < 1, 600 + 300 * np.cos(6 * r2), 0.0)
+            vol = vol + 15 * rng.standard_normal((48, 256, 256))
+            img = nib.Nifti1Image(np.clip(vol, 0, None).astype(np.int16).transpose(2, 1, 0),
+                                  np.diag([1.0, 1.0, 3.0, 1.0]))
+            nib.save(img, sub / f"s{i:05d}.nii.gz")
+        else:
+            cy, cx = 1024 + rng.integers(-60, 61), 1024 + rng.integers(-60, 61)
+            r2 = ((yy - cy) / 800.0) ** 2 + ((xx - cx) / 600.0) ** 2
+            im = np.where(r2 < 1, 2500 + 900 * np.cos(5 * r2), 300.0)
+            im = np.clip(im + 40 * rng.standard_normal((2048, 2048)), 0, 4095).astype(np.uint16)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.BodyPartExamined = "DX", "CHEST"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows, ds.Columns = im.shape
+            ds.PixelSpacing = ["0.15", "0.15"]
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = im.tobytes()
+            ds.save_as(sub / f"s{i:05d}.dcm", enforce_file_format=True)
+    marker.write_text("ok")
+    return out
+
+
 class PeakRSS:
     """Sample RSS and CPU time of this process and all its descendants in a thread.
 
@@ -224,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000])
     ap.add_argument("--real", action="store_true", help="also ../shared/data")
+    ap.add_argument("--clinical", type=int, nargs="*", default=[],
+                    help="also N synthetic scans of clinical size (see generate_clinical)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-slices", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
@@ -236,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# encoder: {enc_desc}; workers={args.workers}, cpu={os.cpu_count()}, "
           f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
     sets: list[tuple[str, list[Path]]] = [(f"synthetic-{n}", [generate(n)]) for n in args.sizes]
+    sets += [(f"clinical-{n}", [generate_clinical(n)]) for n in args.clinical]
     if args.real and (SHARED / "manifest.csv").exists():
         sets.append(("shared-data", [SHARED]))
     results = []

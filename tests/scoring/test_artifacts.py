@@ -179,3 +179,17 @@ def test_kspace_roughness_of_colour_and_integer_data_matches_gray_float():
     with_nan = gray.copy()
     with_nan[0, 0] = np.nan
     assert np.isfinite(A.line_power_roughness(with_nan))
+
+
+def test_acquisition_measures_only_for_mr_and_volumes():
+    vol = phantom()
+    radiograph = Scan(np.asarray(ghosted(vol, n=4, axis=2)[6], np.float32), (1.0, 1.0),
+                      np.eye(4), "xr.png")
+    m = quality_metrics(radiograph)
+    assert not A.applies_to(radiograph)
+    assert all(math.isnan(m[k]) for k in ("kspace_roughness", "air_floor_fraction",
+                                          "air_signal_fraction", "gsr"))
+    assert m["slice_dir_s"] == pytest.approx(1.0)  # the plane is still known
+    mr_slice = Scan(radiograph.data, (1.0, 1.0), np.eye(4), "mr.dcm", modality="MR")
+    assert A.applies_to(mr_slice) and A.applies_to(mr(vol))
+    assert quality_metrics(mr_slice)["kspace_roughness"] > 0.05  # the ghost is seen

@@ -47,3 +47,17 @@ def test_duplicates_do_not_break_self_removal():
     d, _ = knn_distances(z, k=2)
     np.testing.assert_allclose(d[:4], 0.0)
     assert d[4] > 0
+
+
+def test_blocked_distances_equal_brute_force(rng, monkeypatch):
+    import scanqc.scoring.outlier as outlier
+
+    monkeypatch.setattr(outlier, "BLOCK", 7)  # several blocks, one ragged
+    z = rng.normal(size=(40, 6))
+    z[13] = z[2]  # an exact duplicate is a neighbour at distance 0
+    d, k = knn_distances(z, k=4)
+    full = np.linalg.norm(z[:, None] - z[None], axis=-1) / np.sqrt(6)
+    np.fill_diagonal(full, np.inf)
+    expected = np.sort(full, axis=1)[:, :4].mean(axis=1)
+    np.testing.assert_allclose(d, expected, atol=1e-9)
+    assert k == 4

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -853,10 +852,6 @@ class _Run:
             entries = _discover(items, self.root, self.progress, self.cancel)
         self.total, self.done = len(entries), 0
         report(self.progress, 0, self.total, "scoring")
-        if not references and self.refset is None:
-            # the kNN pass at the end imports scikit-learn (about 3 s): overlap it with
-            # the reading instead of paying it after the last scan
-            _preload(("sklearn.neighbors", "scanqc.scoring.outlier"))
         use_cache = self.cache is not None
         if references:
             self.build_references(references, entries)
@@ -931,19 +926,6 @@ class _Run:
         if self.cache is not None:
             with contextlib.suppress(Exception):
                 self.cache.commit()
-
-
-def _preload(modules: Sequence[str]) -> threading.Thread:
-    """Import ``modules`` in a daemon thread (errors are left for the real import)."""
-
-    def run() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    t = threading.Thread(target=run, name="scanqc-preload", daemon=True)
-    t.start()
-    return t
 
 
 def _severity_only(warnings: Sequence[Any]) -> list:
