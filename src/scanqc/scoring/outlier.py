@@ -55,8 +55,8 @@ def adaptive_k(n: int, k: int = DEFAULT_K) -> int:
     return max(1, min(int(k), int(n) - 1))
 
 
-#: Rows per block of the exact distance computation (memory ~ BLOCK x N x 8 bytes).
-BLOCK = 1024
+#: Rows per block of the exact distance computation (a few BLOCK x N float64 arrays).
+BLOCK = 128
 
 
 def knn_distances(embeddings: np.ndarray, k: int = DEFAULT_K) -> tuple[np.ndarray, int]:
