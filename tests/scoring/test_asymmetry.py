@@ -235,3 +235,44 @@ def test_fine_voxels_are_analysed_on_a_coarser_copy_and_mapped_back() -> None:
     assert les_f[peak], peak
     with pytest.raises(ValueError, match="unknown"):
         asymmetry_maps(scan, None, ["nonsense"])
+
+
+def test_signed_blob_statistic_cancels_displaced_thin_structure_keeps_lesion() -> None:
+    """A displaced thin structure gives a +/- dipole of the signed residual, which smoothing
+    at lesion scales cancels; a lesion gives a monopole that survives. Smoothing the
+    unsigned residual keeps the dipole (the structure wins)."""
+    from scanqc.scoring.asymmetry_blob import blob_z, signed_tolerant_residual
+
+    sp = (1.0, 1.0, 1.0)
+    base = np.full((24, 48, 48), 0.5, np.float32)
+    base[:, 8:40, 10:12] = 0.9  # a thin bright sheet
+    other = np.roll(base, 3, axis=2)  # the same sheet 3 mm away on the other side
+    scan_side = base.copy()
+    scan_side[9:15, 20:26, 30:36] *= 1.4  # a 6 mm blob 40 % brighter
+    mask = np.ones(base.shape, bool)
+    resid = signed_tolerant_residual(np.log(scan_side + 0.05), np.log(other + 0.05), sp, 0.0)
+    scales = (3.0, 4.5, 6.0)
+    z = blob_z(resid, mask, sp, lambda g: g, scales)
+    za = blob_z(np.abs(resid), mask, sp, lambda g: g, scales)
+    ratio = z[12, 23, 33] / z[4:-4, 10:38, 6:18].max()
+    ratio_abs = za[12, 23, 33] / za[4:-4, 10:38, 6:18].max()
+    assert ratio > 1.0 > ratio_abs
+    assert ratio > 2.5 * ratio_abs
+
+
+@pytest.mark.parametrize("value", [1.0, 0.25])
+def test_projection_side_rule_picks_the_lesion_side(value: float) -> None:
+    from scanqc.scoring.asymmetry import _presmooth
+    from scanqc.scoring.asymmetry_blob import projection_side
+    from scanqc.scoring.midplane import estimate_midplane, mirror_volume
+
+    sp = (1.5, 1.5, 1.5)
+    vol, lesion = phantom_head(yaw_deg=0.0, shift_vox=0.0, lesion=(-13.0, -12.0, 0.0, 5.0, value))
+    plane = estimate_midplane(vol, sp)
+    mir = mirror_volume(vol, plane)
+    mirror_lesion = mirror_volume(lesion.astype(np.float32), plane, order=0) > 0.5
+    a, b = _presmooth(vol, mir, sp)
+    la, lb = np.log(np.maximum(a, 0) + 0.05), np.log(np.maximum(b, 0) + 0.05)
+    w = projection_side(la, lb, (a > 0.1) & (b > 0.1), sp, 3.0, 8.0)
+    assert w[lesion].mean() > 0.6
+    assert w[mirror_lesion].mean() < 0.4

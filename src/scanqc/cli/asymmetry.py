@@ -45,11 +45,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``asymmetry`` sub-command."""
     p = subparsers.add_parser(
         "asymmetry",
-        help="left-right asymmetry heatmaps (Siamese patch distances to the mirrored side)",
+        help="left-right asymmetry heatmaps (where a scan differs from its mirror image)",
         description=(
-            "Estimate each scan's mid-sagittal plane, compare every patch with its mirrored "
-            "counterpart (Siamese encoder with GMM soft labels) and write a heatmap per scan "
-            "plus asymmetry.csv with a scan-level score and the top region."
+            "Estimate each scan's mid-sagittal plane, compare the scan with its mirror image "
+            "(lesion-scale log-intensity residual normalised by the scan's own left-right "
+            "variability; see docs/asymmetry.md) and write a heatmap per scan plus "
+            "asymmetry.csv with a scan-level score and the top region."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
@@ -58,9 +59,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder (default: the bundled asymmetry model)")
     p.add_argument("--method", choices=("siamese", "intensity-z", "intensity"), default="siamese",
-                   help="siamese (default: normalised Siamese distance x tolerant difference), "
-                   "intensity-z (normalised tolerant difference, no encoder) or intensity (the "
-                   "plain mirrored-difference baseline)")
+                   help="siamese (default; the Siamese distance is weighted 0 because it did "
+                   "not improve localisation on the benchmark, so it equals intensity-z), "
+                   "intensity-z (normalised lesion-scale residual) or intensity (the plain "
+                   "mirrored-difference baseline)")
     p.add_argument("--no-heatmaps", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)
     return p

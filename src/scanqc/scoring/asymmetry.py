@@ -8,20 +8,27 @@ Pipeline for a volume (:func:`asymmetry_maps`, :func:`asymmetry_map`):
 2. where the heatmap may peak (``inner``): the head outline eroded in-plane by ``INNER_MM``,
    without the end slices of the field of view, a band of ``MIDLINE_MM`` around the plane,
    and anything within ``AIR_MM`` of air or cortical bone on either side;
-3. tolerant difference: the mirror is warped onto the scan with a small smooth deformation
-   (demons, ``WARP_*``: natural displacements of gyri, ventricles, skull base), then each
-   voxel's log intensity is compared with the range of the other side within
-   ``TOLERANCE_MM``; smoothed (``BLOB_MM``) and given to both voxels of a mirror pair;
+3. detection (``DETECT = "blob"``): the mirror is warped onto the scan with a small smooth
+   deformation (demons, ``WARP_*``: natural displacements of gyri, ventricles, skull base);
+   the signed log-intensity residual ``r = log(I + eps) - log(mirror + eps)`` outside the
+   range the other side reaches within ``TOLERANCE_MM`` is smoothed at lesion scales
+   (masked Gaussian means, :mod:`scanqc.scoring.asymmetry_blob`): a lesion is a monopole of
+   one sign, a displaced edge a dipole that smoothing cancels;
 4. normalisation by the scan's own left-right variability: ``(v - median) / (q90 - median)``
-   within strata of local texture (log-intensity gradient energy), so a difference counts more
-   in smooth tissue than where the anatomy is complex;
+   of each scale's ``|blob|`` within strata of local texture (log-intensity gradient energy),
+   so a difference counts more in smooth tissue than where the anatomy is complex; maximum
+   over scales, given to both voxels of a mirror pair;
 5. Siamese pair distance ``D`` (:mod:`scanqc.models.asymmetry_net`, 32 x 32 patches at
-   1.5 mm, slices every ~3 mm, symmetric about the plane), normalised the same way; the
-   ``siamese`` map is the sum of the two normalised maps (``COMBINE``);
-6. side: a lesion brings its own outline. ``S`` compares the log-intensity edge energy of the
-   two sides around the outline of the asymmetric region; the side weight ``w = (1 + S) / 2``
-   (sharpened) multiplies the pair map. (``SIDE = "typicality"`` uses the older rule: the side
-   whose raw patch is atypical among the scan's patches.)
+   1.5 mm, slices every ~3 mm, symmetric about the plane), normalised the same way and
+   combined by ``COMBINE``. Measured on the development split it added nothing, so by default
+   (``COMBINE = "w0"``) the ``siamese`` map equals ``intensity-z`` and the encoder is not run;
+   ``"siamese:sum"`` and ``"siamese:w0.25"`` still combine it;
+6. side (``SIDE = "projection"``): a lesion brings its own outline. Around the outline of the
+   residual blob, the log-intensity steps of each side are projected on the residual's
+   gradient; the lesion side carries the step (positive all around), the other side only
+   anatomy of random sign. The side weight, averaged over each blob, multiplies the pair
+   map. (``"edge"``: the older edge-energy rule; ``"typicality"``: the side whose raw patch
+   is atypical among the scan's patches.)
 7. resample to the scan's grid. The scan-level score is the maximum of the pair map.
 
 ``"intensity"`` is the baseline: the smoothed plain ``|I - mirror(I)|`` in the whole
@@ -44,6 +51,12 @@ from scipy import ndimage
 from scanqc.io.intensity import normalize
 from scanqc.io.scan import Scan
 from scanqc.progress import CancelToken, ProgressCallback, check, report
+from scanqc.scoring.asymmetry_blob import (
+    blob_z,
+    projection_side,
+    region_average,
+    signed_tolerant_residual,
+)
 from scanqc.scoring.midplane import Midplane, estimate_midplane, mirror_volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,9 +103,20 @@ TEXTURE_MM = 4.0
 #: Band around the mid-plane left out of the heatmap (mm): there a voxel is compared with
 #: itself or its immediate neighbour, and midline structures (falx, sinuses) dominate.
 MIDLINE_MM = 6.0
-#: Side rule: ``"edge"`` (the side whose own edges outline the asymmetric region),
-#: ``"typicality"`` (the side whose patch is atypical among the scan's patches) or ``"both"``.
-SIDE = "edge"
+#: Side rule: ``"projection"`` (the side whose log-intensity steps carry the outline of the
+#: residual blob, :func:`~scanqc.scoring.asymmetry_blob.projection_side`), ``"edge"`` (the
+#: side with more edge energy around the outline), ``"typicality"`` (the side whose patch is
+#: atypical among the scan's patches) or ``"both"`` (edge and typicality).
+SIDE = "projection"
+#: Projection side rule: blob scale and integration window (mm, sigma); the weight is then
+#: averaged over each blob of the pair map (``SIDE_REGION_MM``) so a blob gets one side.
+SIDE_BLOB_MM = 3.0
+SIDE_WINDOW_MM = 8.0
+SIDE_REGION_MM = 6.0
+#: Detection statistic: ``"blob"`` (signed tolerant log residual after the warp, masked
+#: Gaussian means at ``BLOB_SCALES_MM``, each scale normalised by the scan's own variability,
+#: maximum over scales) or ``"tolerant"`` (the older unsigned tolerant difference).
+DETECT = "blob"
 #: Neighbourhood of the edge side rule (mm, sigma).
 SIDE_MM = 4.0
 #: Offset of the log in the edge side rule and the log-domain difference (normalised units).
@@ -104,8 +128,12 @@ DIFF_DOMAIN = "log"
 TISSUE_MIN = 0.04
 #: Margin (mm) kept from air and cortical bone (values below ``TISSUE_MIN`` on either side).
 AIR_MM = 5.0
-#: How the normalised Siamese distance and tolerant difference are combined.
-COMBINE = "sum"
+#: How the normalised Siamese distance and the intensity statistic are combined: ``"sum"``,
+#: ``"wX"`` (intensity + X * distance), ``"geomean"`` or ``"distance"``. ``"w0"``: on the
+#: development split the distance added nothing (sum: 21 of 72 lesions >= 10 mm localised over
+#: seeds 1 and 3, weight 0.25: 24, weight 0: 24; docs/asymmetry.md), so the ``siamese``
+#: heatmap is the intensity statistic and the encoder is not run for it.
+COMBINE = "w0"
 #: Methods of :func:`asymmetry_maps`.
 METHODS = ("siamese", "intensity-z", "intensity")
 
@@ -746,6 +774,7 @@ class _Components:
     zs: np.ndarray
     seconds: dict[str, float]
     native: tuple[int, ...]  # the scan's spatial shape (the maps above are on the copy)
+    side_proj: np.ndarray | None = None  # side weight in [0, 1], projection rule
 
 
 def _components(
@@ -786,16 +815,28 @@ def _components(
     if pdist is not None:
         inner &= np.abs(pdist) >= MIDLINE_MM
     warped = _demons(prep.norm, prep.mirror, sp)
-    diff, level = _tolerant_difference(prep.norm, warped, sp)
     a, b = _presmooth(prep.norm, prep.mirror, sp)
     inner &= _away_from_air(np.minimum(a, b), sp)
     side_edge, ga, gb = _edge_side(a, b, sp)
     texture = _smooth(np.maximum(ga, gb), sp, TEXTURE_MM)
-    strata, n_strata = _strata(inner, level, texture)
-    diff = _smooth(diff, sp, BLOB_MM)
+    eps = np.float32(LOG_EPS)
+    la = np.log(np.maximum(a, 0) + eps)
+    lbw = np.log(np.maximum(_smooth(warped, sp, PRESMOOTH_MM), 0) + eps)
+    side_proj = None
+    if SIDE == "projection":
+        side_proj = projection_side(la, lbw, prep.mask, sp, SIDE_BLOB_MM, SIDE_WINDOW_MM)
+    if DETECT == "blob":
+        strata, n_strata = _strata(inner, a, texture)
+        resid = signed_tolerant_residual(la, lbw, sp, TOLERANCE_MM)
+        diff = blob_z(resid, prep.mask, sp, lambda g: np.maximum(
+            _stratified_z(g, inner, strata, n_strata), 0.0))
+    else:
+        diff, level = _tolerant_difference(prep.norm, warped, sp)
+        strata, n_strata = _strata(inner, level, texture)
+        diff = _smooth(diff, sp, BLOB_MM)
     if SYMMETRISE and prep.plane is not None:  # one value per pair; the side rule decides
         diff = np.maximum(diff, mirror_volume(diff, prep.plane, spacing=sp))
-    z_int = _stratified_z(diff, inner, strata, n_strata)
+    z_int = diff * inner if DETECT == "blob" else _stratified_z(diff, inner, strata, n_strata)
     z_siam = None
     if model is not None:
         dn = _grid_to_native(d, zs, shape, sp)
@@ -805,7 +846,8 @@ def _components(
     t["maps"] = time.perf_counter()
     secs = {k: round(t[k] - t[p], 3) for p, k in zip(
         ["start", "prepare", "patches"], ["prepare", "patches", "maps"], strict=True)}
-    return _Components(prep, inner, side_typ, side_edge, plain, z_int, z_siam, zs, secs, native)
+    return _Components(prep, inner, side_typ, side_edge, plain, z_int, z_siam, zs, secs, native,
+                       side_proj)
 
 
 def _combine(comp: _Components, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -819,6 +861,8 @@ def _combine(comp: _Components, method: str) -> tuple[np.ndarray, np.ndarray]:
     how = method.split(":", 1)[1] if ":" in method else COMBINE
     if how == "sum":
         return (zi + zd).astype(np.float32), comp.inner
+    if how.startswith("w"):  # development: "siamese:w0.25" = zi + 0.25 zd
+        return (zi + float(how[1:]) * zd).astype(np.float32), comp.inner
     if how == "distance":
         return zd, comp.inner
     if how == "geomean":
@@ -829,7 +873,10 @@ def _combine(comp: _Components, method: str) -> tuple[np.ndarray, np.ndarray]:
 def _result(scan: Scan, comp: _Components, method: str) -> AsymmetryResult:
     sym, where = _combine(comp, method)
     sym = (sym * where).astype(np.float32)
-    if SIDE == "typicality":
+    if SIDE == "projection" and comp.side_proj is not None:
+        side = region_average(comp.side_proj, sym, comp.prep.spacing, SIDE_REGION_MM)
+        side = _side_weight(side, 1.0 - side)
+    elif SIDE == "typicality":
         side = comp.side_typ
     elif SIDE == "both":
         side = _side_weight(comp.side_typ * comp.side_edge,
@@ -885,11 +932,19 @@ def asymmetry_maps(
     unknown = {m for m in methods if m.split(":")[0] not in METHODS}
     if unknown:
         raise ValueError(f"unknown asymmetry method(s): {sorted(unknown)}")
-    enc = _resolve_model(model) if any(m.startswith("siamese") for m in methods) else None
+    enc = _resolve_model(model) if any(_uses_encoder(m) for m in methods) else None
     comp = _components(scan, enc, plane, progress, cancel)
     out = {m: _result(scan, comp, m) for m in methods}
     report(progress, 4, 4, "done")
     return out
+
+
+def _uses_encoder(method: str) -> bool:
+    """Whether ``method`` needs the Siamese distance (not with weight 0)."""
+    if not method.startswith("siamese"):
+        return False
+    how = method.split(":", 1)[1] if ":" in method else COMBINE
+    return not (how.startswith("w") and float(how[1:]) == 0.0)
 
 
 def _volume_map(
@@ -927,7 +982,7 @@ def asymmetry_map(
     Returns:
         The heatmap (same spatial shape as ``scan.data``), score, top regions and plane.
     """
-    enc = _resolve_model(model)
+    enc = _resolve_model(model) if _uses_encoder("siamese") else None
     return _volume_map(scan, enc, plane, progress, cancel, "siamese")
 
 

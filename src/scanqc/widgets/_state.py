@@ -35,6 +35,7 @@ COLUMNS: tuple[str, ...] = (
     "region_mismatch",
     "bad_score",
     "flagged",
+    "asymmetry_score",
     "warnings",
     "label",
     "reference",

@@ -32,6 +32,7 @@ HEADERS = {
     "region_mismatch": "region check",
     "bad_score": "bad score",
     "flagged": "flagged",
+    "asymmetry_score": "asymmetry",
     "warnings": "warnings",
     "label": "label",
     "reference": "ref",
@@ -61,7 +62,7 @@ def _display(col: str, row: dict[str, Any]) -> str:
             return "ok"
         header = row.get("header_region")
         return f"mismatch (header: {header})" if header else "mismatch"
-    if col == "bad_score":
+    if col in ("bad_score", "asymmetry_score"):
         return "" if value is None or value != value else f"{float(value):.3f}"
     if value is None:
         return ""
@@ -72,7 +73,7 @@ def _display(col: str, row: dict[str, Any]) -> str:
 
 def _sort_key(col: str, row: dict[str, Any]) -> Any:
     value = row.get(col)
-    if col == "bad_score":
+    if col in ("bad_score", "asymmetry_score"):
         return -1.0 if value is None or value != value else float(value)
     if col in ("reference", "flagged"):
         return int(bool(value))
