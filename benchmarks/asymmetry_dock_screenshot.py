@@ -32,7 +32,6 @@ SOURCE = "niivue-demo-images/register/T2w.nii.gz"
 def make_volume(data: Path, out: Path) -> tuple[Path, tuple[int, ...]]:
     """Write the T2w head with one synthetic lesion; return the file and the lesion centre."""
     import nibabel as nib
-
     from asymmetry import _insert_lesion
 
     img = nib.load(data / SOURCE)

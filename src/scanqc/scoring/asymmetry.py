@@ -56,6 +56,7 @@ from scanqc.scoring.asymmetry_blob import (
     projection_side,
     region_average,
     signed_tolerant_residual,
+    smooth,
 )
 from scanqc.scoring.midplane import Midplane, estimate_midplane, mirror_volume
 
@@ -550,8 +551,7 @@ def _heat_from_frames(
 
 
 def _smooth(vol: np.ndarray, sp: Sequence[float], mm: float = SMOOTH_MM) -> np.ndarray:
-    sig = [mm / s if vol.shape[i] > 1 else 0.0 for i, s in enumerate(sp)]
-    return ndimage.gaussian_filter(vol, sig, mode="constant").astype(np.float32)
+    return smooth(vol, sp, mm)
 
 
 def _resolve_model(model: AsymmetryEncoder | str | None) -> AsymmetryEncoder:

@@ -47,6 +47,25 @@ def owned_layers(viewer: Any, owner: str = "dataset") -> list[Any]:
     return [ly for ly in viewer.layers if ly.metadata.get(OWNER_KEY) == owner]
 
 
+def scan_layer(viewer: Any, scan_id: str | None, owner: str = "dataset") -> Any:
+    """Return the image layer ``owner`` shows for ``scan_id`` (None when not shown)."""
+    for layer in owned_layers(viewer, owner):
+        if (layer.metadata.get("scanqc") or {}).get("scan_id") == scan_id:
+            return layer
+    return None
+
+
+def go_to_slice(viewer: Any, layer: Any, index: int) -> None:
+    """Move the viewer to slice ``index`` (data axis 0) of ``layer`` (world coordinates)."""
+    if layer is not None and layer.ndim >= 3:
+        world = float(layer.translate[0]) + int(index) * float(layer.scale[0])
+    elif viewer.dims.ndim >= 3:
+        world = float(index)
+    else:
+        return
+    viewer.dims.set_point(0, world)
+
+
 def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
     """Show ``scan`` in ``viewer``, replacing the previous scan's layers of ``owner``.
 

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from scanqc.io.scan import Scan, ScanEntry
-from scanqc.widgets._present import OWNER_KEY, owned_layers
+from scanqc.widgets._present import OWNER_KEY, go_to_slice, owned_layers, scan_layer
 from scanqc.widgets._state import get_state
 from scanqc.widgets._threading import WorkerHandle, start_worker
 
@@ -135,9 +135,7 @@ class AsymmetryWidget(QWidget):
         """``(what to compute on, dataset scan_id or None, the scan's image layer)``."""
         entry = self.state.entry(self.state.current) if self.state.current else None
         if entry is not None:
-            layer = next((ly for ly in owned_layers(self.viewer) if (ly.metadata.get("scanqc")
-                          or {}).get("scan_id") == entry.scan_id), None)
-            return entry, entry.scan_id, layer
+            return entry, entry.scan_id, scan_layer(self.viewer, entry.scan_id)
         from napari.layers import Image
 
         layer = self.viewer.layers.selection.active
@@ -243,9 +241,7 @@ class AsymmetryWidget(QWidget):
         layers = owned_layers(self.viewer, OWNER)
         if not peak or len(peak) < 3 or not layers:
             return
-        layer = layers[0]
-        world = float(layer.translate[0]) + int(peak[0]) * float(layer.scale[0])
-        self.viewer.dims.set_point(0, world)
+        go_to_slice(self.viewer, layers[0], int(peak[0]))
 
     def _on_current_changed(self, scan_id: Any) -> None:
         if scan_id != self.scan_id:  # the map belongs to another scan: remove it

@@ -53,7 +53,13 @@ from qtpy.QtWidgets import (
 from scanqc.io.scan import SEVERITIES, ScanEntry, ScanWarning
 from scanqc.progress import CancelToken
 from scanqc.widgets._overlays import SEVERITY_COLORS, clear_warning_overlay, show_warning_overlay
-from scanqc.widgets._present import OWNER_KEY, label_banner, owned_layers, set_banner
+from scanqc.widgets._present import (
+    OWNER_KEY,
+    go_to_slice,
+    label_banner,
+    scan_layer,
+    set_banner,
+)
 from scanqc.widgets._state import get_state
 from scanqc.widgets._threading import WorkerHandle, start_worker
 from scanqc.widgets.score_plots import ScoreHistogram, SliceScorePlot
@@ -756,11 +762,7 @@ class ScoreWidget(QWidget):
         self._draw_overlay()
 
     def _image_layer(self, scan_id: str | None) -> Any:
-        for layer in owned_layers(self.viewer):
-            meta = layer.metadata.get("scanqc") or {}
-            if meta.get("scan_id") == scan_id:
-                return layer
-        return None
+        return scan_layer(self.viewer, scan_id)
 
     def _on_layer_inserted(self, event: Any) -> None:
         layer = event.value
@@ -822,14 +824,7 @@ class ScoreWidget(QWidget):
 
     def go_to_slice(self, index: int) -> None:
         """Move the viewer to slice ``index`` (axis 0) of the current scan."""
-        layer = self._image_layer(self.state.current)
-        if layer is not None and layer.ndim >= 3:
-            world = float(layer.translate[0]) + int(index) * float(layer.scale[0])
-        elif self.viewer.dims.ndim >= 3:
-            world = float(index)
-        else:
-            return
-        self.viewer.dims.set_point(0, world)
+        go_to_slice(self.viewer, self._image_layer(self.state.current), index)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         """Stop running work and disconnect from the shared state."""
