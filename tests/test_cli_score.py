@@ -222,3 +222,19 @@ def test_labels_csv_without_references_is_a_one_line_error(tmp_path, tiny_model,
     err = capsys.readouterr().err.strip().splitlines()
     assert any("labels.csv: no row of the labels CSV is marked as a reference" in e
                for e in err)
+
+
+def test_asymmetry_flag_fills_the_column(tmp_path, tiny_model):
+    import math
+
+    root = make_dataset(tmp_path / "ds", n_vol=2, n_img=1)
+    common = [str(root), "--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"]
+    out = tmp_path / "with.csv"
+    assert main(["score", *common, "--out", str(out), "--asymmetry"]) == 0
+    ok = [r for r in read_report(out, "csv") if r["status"] == "ok"]
+    assert ok and all(isinstance(r["asymmetry_score"], float)
+                      and math.isfinite(r["asymmetry_score"]) for r in ok)
+    out2 = tmp_path / "without.csv"
+    assert main(["score", *common, "--out", str(out2)]) == 0
+    assert all(r["asymmetry_score"] is None or math.isnan(r["asymmetry_score"])
+               for r in read_report(out2, "csv"))

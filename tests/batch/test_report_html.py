@@ -65,3 +65,16 @@ def test_thumbnails_go_to_flagged_scans_first(tmp_path):
     assert counts[2] == 0  # the unreadable file: no thumbnail, no crash
     one = write_html_report(rows, tmp_path / "one.html", root=str(root), max_thumbnails=1)
     assert _thumb_counts(one.read_text())[:2] == [counts[0], 0]
+
+
+def test_asymmetry_column_only_when_computed(tmp_path):
+    rows = [{"scan_id": f"s{i}", "path": f"p{i}", "status": "ok", "bad_score": i / 10,
+             "asymmetry_score": float("nan")} for i in range(3)]
+    text = write_html_report(rows, tmp_path / "a.html", load_thumbnails=False).read_text()
+    assert "<th>asymmetry</th>" not in text
+    rows[1]["asymmetry_score"] = 12.3456
+    text = write_html_report(rows, tmp_path / "b.html", load_thumbnails=False).read_text()
+    assert "<th>asymmetry</th>" in text and "<td>12.35</td>" in text
+    # every row has the same number of cells as the header
+    body = text.split("<tbody>")[1]
+    assert all(r.count("<td") == 8 for r in body.split("<tr")[1:])

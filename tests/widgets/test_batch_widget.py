@@ -101,3 +101,10 @@ def test_rate_eta_text() -> None:
     assert rate_eta(0, 10, 1.0) == ""
     assert rate_eta(5, 10, 10.0) == "0.50 scans/s, ETA 0:00:10"
     assert "ETA" not in rate_eta(10, 10, 2.0)
+
+
+def test_asymmetry_option_reaches_the_engine(make_napari_viewer, tmp_path) -> None:
+    w = BatchWidget(make_napari_viewer())
+    assert w.config(str(tmp_path)).asymmetry is False
+    w.asymmetry_check.setChecked(True)
+    assert w.config(str(tmp_path)).asymmetry is True

@@ -220,3 +220,13 @@ def test_table_fields_forward_the_engine_region() -> None:
     # no prediction (a CSV NaN or nothing): the table's region is left alone
     assert "region" not in table_fields({**row, "region": float("nan")})
     assert "region" not in table_fields({k: v for k, v in row.items() if k != "region"})
+
+
+def test_table_fields_forward_an_asymmetry_score_but_never_blank_it() -> None:
+    from scanqc.widgets.score import table_fields
+
+    row = {"scan_id": "a", "status": "ok", "bad_score": 0.2, "asymmetry_score": 3.5}
+    assert table_fields(row)["asymmetry_score"] == 3.5
+    # a run without --asymmetry (NaN / None) leaves the Asymmetry dock's value alone
+    for empty in (float("nan"), None, ""):
+        assert "asymmetry_score" not in table_fields({**row, "asymmetry_score": empty})

@@ -101,6 +101,9 @@ class ScoreConfig:
         optimize: On CPU, run the encoder as a frozen TorchScript graph with batch norm
             folded into the convolutions (about 3x faster, same embeddings to 1e-6);
             falls back to eager mode when the model cannot be traced.
+        asymmetry: Fill ``asymmetry_score`` with the left-right asymmetry score of
+            :func:`scanqc.scoring.asymmetry.asymmetry_map` (in the workers; about 5-7 s
+            per head volume, so off by default).
     """
 
     workers: int = 2
@@ -128,6 +131,7 @@ class ScoreConfig:
     torch_threads: int | None = None
     flush_seconds: float = 2.0
     optimize: bool = True
+    asymmetry: bool = False
 
     def prep_options(self, root: str | None, content: bool) -> dict[str, Any]:
         """Options passed to :func:`scanqc.batch.pipeline.prepare_entry`."""
@@ -137,13 +141,14 @@ class ScoreConfig:
             "max_slices": int(self.max_slices) if self.max_slices else None,
             "max_bytes": self.max_bytes,
             "checks": bool(self.checks),
+            "asymmetry": bool(self.asymmetry),
             "content_key": bool(content),
         }
 
     def cache_hash(self) -> str:
         """Hash of every setting that changes a row (for the resume cache key)."""
         keys = ("size", "max_slices", "statistic", "threshold", "finetune", "finetune_epochs",
-                "checks", "knn_k")
+                "checks", "knn_k", "asymmetry")
         d = asdict(self) if self.encoder is None else {k: getattr(self, k) for k in keys}
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]

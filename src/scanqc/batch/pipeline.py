@@ -129,6 +129,24 @@ def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]
     return list(warnings), {k: v for k, v in (metrics or {}).items() if v is not None}
 
 
+def asymmetry_score(scan: Scan, warnings: list[ScanWarning]) -> float:
+    """The scan-level left-right asymmetry score (NaN when it cannot be computed).
+
+    :func:`scanqc.scoring.asymmetry.asymmetry_map` with its default method (no encoder
+    run). A failure adds an info warning ``check_failed`` to ``warnings`` instead of
+    failing the scan.
+    """
+    from scanqc.scoring.asymmetry import asymmetry_map
+
+    try:
+        return float(asymmetry_map(scan).score)
+    except (ValueError, RuntimeError, MemoryError, IndexError) as exc:
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        warnings.append(ScanWarning("check_failed", f"asymmetry failed ({cause})",
+                                    severity="info"))
+        return float("nan")
+
+
 #: Environment variable naming a file that gets one line per scan read (benchmarks and
 #: tests count reads across processes and runs with it, e.g. benchmarks/kill_resume.py).
 TRACE_ENV = "SCANQC_TRACE_READS"
@@ -183,6 +201,8 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
             result["metrics"] = dict(metrics)  # all measures: reference quality distance
         else:
             warnings = list(scan.warnings)
+        if options.get("asymmetry"):
+            row["asymmetry_score"] = asymmetry_score(scan, warnings)
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
         from scanqc.models.preprocess import scan_to_slices
 

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -129,6 +130,13 @@ def _order(row: dict[str, Any]) -> tuple:
     return group, -score, str(row.get("path") or "")
 
 
+def _fmt_float(value: object) -> str:
+    """A finite number as text (4 significant digits), anything else as ``""``."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:.4g}"
+    return ""
+
+
 def write_html_report(
     rows: Sequence[dict[str, Any]],
     path: str | Path,
@@ -176,6 +184,8 @@ def write_html_report(
         hist = histogram_png(scores, 0.5, "bad score")
     models = sorted({f"{r.get('model')} {r.get('model_version') or ''}".strip()
                      for r in rows if r.get("model")})
+    # the asymmetry column appears when the run computed it (scanqc score --asymmetry)
+    has_asym = any(_fmt_float(r.get("asymmetry_score")) for r in rows)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
@@ -189,7 +199,8 @@ def write_html_report(
         f"<span><b>{n_skip}</b> skipped</span></div>",
         f"<p><img alt='score histogram' src='data:image/png;base64,{hist}'></p>",
         "<table><thead><tr><th>images</th><th>scan</th><th>status</th><th>bad score</th>"
-        "<th>distance</th><th>warnings</th><th>region</th></tr></thead><tbody>",
+        "<th>distance</th><th>warnings</th><th>region</th>"
+        + ("<th>asymmetry</th>" if has_asym else "") + "</tr></thead><tbody>",
     ]
     n_thumbs = 0
     for row in rows[:max_rows]:
@@ -218,7 +229,9 @@ def write_html_report(
             f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"
             f"<td>{_esc(row.get('bad_score'))}</td><td>{_esc(row.get(col))}</td>"
             f"<td><b>{_esc(row.get('warnings'))}</b><div class='small'>{_esc(detail)}</div></td>"
-            f"<td>{_esc(region)}</td></tr>"
+            f"<td>{_esc(region)}</td>"
+            + (f"<td>{_esc(_fmt_float(row.get('asymmetry_score')))}</td>" if has_asym else "")
+            + "</tr>"
         )
     parts.append("</tbody></table>")
     if n > max_rows:

@@ -71,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "folder of PATH...)")
     p.add_argument("--finetune", action="store_true",
                    help="fine-tune the encoder on the references before scoring (FewSOME)")
+    p.add_argument("--asymmetry", action="store_true",
+                   help="also fill asymmetry_score with the left-right asymmetry score "
+                        "(about 5-7 s per head volume; heatmaps: scanqc asymmetry)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds one scan may take before it is reported as an error")
     p.add_argument("--cache", type=Path, default=None,
@@ -216,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, scheduler=args.scheduler, device=args.device, root=root,
         max_slices=args.max_slices or None, statistic=args.statistic, threshold=args.threshold,
         finetune=args.finetune, timeout=args.timeout, resume=args.resume,
+        asymmetry=args.asymmetry,
     )
     cache = None
     if not args.no_cache:

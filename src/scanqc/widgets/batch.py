@@ -210,6 +210,11 @@ class BatchWidget(QWidget):
         form.addRow("Device", self.device_combo)
         self.resume_check = QCheckBox("resume (keep rows of an earlier run of this report)")
         form.addRow("", self.resume_check)
+        self.asymmetry_check = QCheckBox("asymmetry score (left-right; ~6 s per head volume)")
+        self.asymmetry_check.setToolTip(
+            "fill the asymmetry column with each scan's left-right asymmetry score; "
+            "heatmaps: the Asymmetry dock or scanqc asymmetry")
+        form.addRow("", self.asymmetry_check)
         lay.addLayout(form)
         self.refs_label = QLabel("")
         lay.addWidget(self.refs_label)
@@ -277,6 +282,7 @@ class BatchWidget(QWidget):
             "workers": self.workers_spin.value(),
             "device": self.device_combo.currentText(),
             "resume": self.resume_check.isChecked(),
+            "asymmetry": self.asymmetry_check.isChecked(),
             "root": root,
         }
         kw.update(self.config_overrides)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -110,7 +111,19 @@ def table_fields(row: dict[str, Any]) -> dict[str, Any]:
         "max_severity": row.get("max_severity") or "",
         "score_status": status,
         **_region_fields(row),
+        **_asymmetry_fields(row),
     }
+
+
+def _asymmetry_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """``asymmetry_score`` when the engine computed one.
+
+    An empty value never overwrites a score the Asymmetry dock put in the table.
+    """
+    value = row.get("asymmetry_score")
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return {"asymmetry_score": float(value)}
+    return {}
 
 
 def _region_fields(row: dict[str, Any]) -> dict[str, Any]:

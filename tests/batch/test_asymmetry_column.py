@@ -1,0 +1,47 @@
+"""``scanqc score --asymmetry``: the asymmetry score in the report (issue 9)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from tests.scoring.test_asymmetry import phantom_head
+
+from scanqc.batch.engine import ScoreConfig, score_all
+
+
+def _write(path: Path, vol: np.ndarray) -> Path:
+    # scanqc reads NIfTI as (S, P, L): store x, y, z
+    nib.save(nib.Nifti1Image((vol * 1000).astype(np.int16).transpose(2, 1, 0), np.eye(4)), path)
+    return path
+
+
+@pytest.fixture
+def heads(tmp_path: Path) -> Path:
+    clean, _ = phantom_head()
+    lesioned, _ = phantom_head(lesion=(-13.0, -12.0, 0.0, 5.0, 1.0))
+    _write(tmp_path / "clean.nii.gz", clean)
+    _write(tmp_path / "lesion.nii.gz", lesioned)
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    return tmp_path
+
+
+def test_asymmetry_column_filled_only_when_asked(heads: Path) -> None:
+    rows = {Path(r["path"]).name: r for r in score_all(
+        [heads], config=ScoreConfig(workers=0, asymmetry=True))}
+    assert rows["broken.nii.gz"]["status"] == "error"
+    clean, lesion = rows["clean.nii.gz"], rows["lesion.nii.gz"]
+    assert clean["status"] == lesion["status"] == "ok"
+    assert math.isfinite(clean["asymmetry_score"]) and math.isfinite(lesion["asymmetry_score"])
+    assert lesion["asymmetry_score"] > clean["asymmetry_score"]
+
+    plain = {Path(r["path"]).name: r for r in score_all([heads], config=ScoreConfig(workers=0))}
+    value = plain["lesion.nii.gz"].get("asymmetry_score")
+    assert value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def test_asymmetry_setting_changes_the_resume_key() -> None:
+    assert ScoreConfig(asymmetry=True).cache_hash() != ScoreConfig().cache_hash()
