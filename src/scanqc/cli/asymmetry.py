@@ -8,8 +8,16 @@ For every scan found under PATH: a heatmap (``<scan_id>_asymmetry.nii.gz`` for v
 written in the original file's voxel order and affine when the input is NIfTI so it
 overlays the original in any viewer; ``<scan_id>_asymmetry.png`` for 2D images) and one row
 of ``asymmetry.csv``: ``scan_id, path, status, error, asymmetry_score, top_region,
-heatmap, plane_offset_mm, plane_yaw_deg, plane_roll_deg``. Unreadable files give a row with
-status ``error`` and a one-line cause; the batch goes on. Inputs are never modified.
+heatmap, plane_offset_mm, plane_yaw_deg, plane_roll_deg, pair``. Unreadable files give a
+row with status ``error`` and a one-line cause; the batch goes on. Inputs are never modified.
+
+2D images with a DICOM ``ImageLaterality`` (mammograms) are compared with the other side's
+image of the same ``ViewPosition`` in the same folder
+(:func:`scanqc.scoring.asymmetry_pairs.pair_by_laterality`), not with their own mirror
+image; one without a partner gets a ``skipped`` row saying so. ``--pair LEFT RIGHT`` pairs
+two files explicitly (e.g. images without headers)::
+
+    scanqc asymmetry --pair mdb001.pgm mdb002.pgm --out-dir asym/
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ FIELDS = (
     "plane_offset_mm",
     "plane_yaw_deg",
     "plane_roll_deg",
+    "pair",
 )
 
 
@@ -53,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "asymmetry.csv with a scan-level score and the top region."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--root", default=None, metavar="DIR", help="dataset root for scan ids")
     p.add_argument("--model", default=None, metavar="DIR",
@@ -63,6 +72,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "not improve localisation on the benchmark, so it equals intensity-z), "
                    "intensity-z (normalised lesion-scale residual) or intensity (the plain "
                    "mirrored-difference baseline)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("LEFT", "RIGHT"),
+                   help="compare these two 2D images with each other (the right one mirrored), "
+                   "e.g. the L and R MLO mammograms of one woman; repeatable. DICOM images "
+                   "with ImageLaterality and ViewPosition are paired automatically within "
+                   "each folder")
     p.add_argument("--no-heatmaps", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)
     return p
@@ -99,61 +113,154 @@ def _png_heatmap(heat: np.ndarray, out: Path) -> None:
     Image.fromarray((rgba[..., :3] * 255).astype(np.uint8)).save(out)
 
 
+def _read(entry: Any) -> Scan | ScanReadError | None:
+    """The entry's scan, its read error, or None when discovery skipped it."""
+    from scanqc.io.load import load_entry
+
+    if entry.status == "skipped":
+        return None
+    if entry.status == "error":
+        return ScanReadError(entry.path, entry.error or "unreadable")
+    try:
+        return load_entry(entry)
+    except ScanReadError as err:
+        return err
+
+
+def _explicit_pairs(pairs: list[list[str]], root: str | None) -> list[tuple[Any, Any]]:
+    """Discover the two files of every ``--pair LEFT RIGHT``."""
+    from scanqc.io.discover import discover
+
+    out = []
+    for left, right in pairs:
+        found = []
+        for path in (left, right):
+            entries = discover([path], root=root)
+            if len(entries) != 1:
+                raise ScanReadError(path, f"--pair needs one 2D image, found {len(entries)} scans")
+            found.append(entries[0])
+        out.append((found[0], found[1]))
+    return out
+
+
+class _Output:
+    """The CSV and the heatmap files of one run."""
+
+    def __init__(self, out_dir: Path, heatmaps: bool) -> None:
+        self.out_dir, self.heatmaps = out_dir, heatmaps
+        self.csv_path = out_dir / "asymmetry.csv"
+        self._fh = open(self.csv_path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self.writer = csv.DictWriter(self._fh, fieldnames=FIELDS)
+        self.writer.writeheader()
+        self.n_ok = self.n_err = 0
+
+    def row(self, entry: Any, **values: Any) -> None:
+        row: dict[str, Any] = dict.fromkeys(FIELDS, "")
+        row.update(scan_id=entry.scan_id, path=entry.path, **values)
+        self.n_ok += row.get("status") == "ok"
+        self.n_err += row.get("status") == "error"
+        self.writer.writerow(row)
+        self._fh.flush()
+
+    def result(self, entry: Any, scan: Scan, res: Any, **values: Any) -> None:
+        row: dict[str, Any] = {
+            "status": "ok",
+            "asymmetry_score": f"{res.score:.6g}",
+            "top_region": res.top_regions[0].describe() if res.top_regions else "",
+            **values,
+        }
+        if res.plane is not None:
+            row.update(
+                plane_offset_mm=f"{res.plane.offset_mm:.3f}",
+                plane_yaw_deg=f"{res.plane.yaw_deg:.2f}",
+                plane_roll_deg=f"{res.plane.roll_deg:.2f}",
+            )
+        if self.heatmaps:
+            sid = entry.scan_id or scan.scan_id or f"scan{self.n_ok}"
+            if scan.spatial_ndim == 3:
+                hp = self.out_dir / f"{sid}_asymmetry.nii.gz"
+                _nifti_heatmap(scan, res.heatmap, hp)
+            else:
+                hp = self.out_dir / f"{sid}_asymmetry.png"
+                _png_heatmap(res.heatmap, hp)
+            row["heatmap"] = hp.name
+        self.row(entry, **row)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_ERRORS = (ValueError, RuntimeError, MemoryError, OSError)
+
+
+def _one_line(entry: Any, exc: BaseException) -> str:
+    return f"{entry.path}: {' '.join(str(exc).split())}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Score every scan; exit 0 unless the command itself cannot run."""
-    from scanqc.io.load import open_scans
+    from scanqc.io.discover import discover
     from scanqc.models.asymmetry_net import load_bundled, load_model
-    from scanqc.scoring.asymmetry import asymmetry_maps
+    from scanqc.scoring.asymmetry import asymmetry_maps, asymmetry_pair
+    from scanqc.scoring.asymmetry_pairs import pair_by_laterality
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        explicit = _explicit_pairs(args.pair, args.root)
+    except ScanReadError as exc:
+        print(f"scanqc asymmetry: {exc}", file=sys.stderr)
+        return 1
+    if not args.paths and not explicit:
+        print("scanqc asymmetry: give PATH... and/or --pair LEFT RIGHT", file=sys.stderr)
+        return 1
+    paired_paths = {e.path for pair in explicit for e in pair}
+    entries = [e for e in discover(list(args.paths), root=args.root)
+               if e.path not in paired_paths] if args.paths else []
+    pairing = pair_by_laterality(entries)
     model = None
-    if args.method == "siamese":
+    # image pairs always use the encoder (docs/asymmetry.md); volumes only for "siamese"
+    if args.method == "siamese" or explicit or pairing.pairs:
         model = load_model(args.model)[0] if args.model else load_bundled()
-    csv_path = out_dir / "asymmetry.csv"
-    n_ok = n_err = 0
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        for entry, scan in open_scans(args.paths, root=args.root):
-            row: dict[str, Any] = dict.fromkeys(FIELDS, "")
-            row.update(scan_id=entry.scan_id, path=entry.path)
+    out = _Output(out_dir, not args.no_heatmaps)
+    try:
+        for entry in pairing.others:
+            scan = _read(entry)
             if scan is None:
-                row.update(status="skipped", error=entry.error)
-                writer.writerow(row)
+                out.row(entry, status="skipped", error=entry.error)
                 continue
             if isinstance(scan, ScanReadError):
-                row.update(status="error", error=str(scan))
-                writer.writerow(row)
-                n_err += 1
+                out.row(entry, status="error", error=str(scan))
                 continue
             try:
                 res = asymmetry_maps(scan, model, [args.method])[args.method]
-                row.update(
-                    status="ok",
-                    asymmetry_score=f"{res.score:.6g}",
-                    top_region=res.top_regions[0].describe() if res.top_regions else "",
-                )
-                if res.plane is not None:
-                    row.update(
-                        plane_offset_mm=f"{res.plane.offset_mm:.3f}",
-                        plane_yaw_deg=f"{res.plane.yaw_deg:.2f}",
-                        plane_roll_deg=f"{res.plane.roll_deg:.2f}",
-                    )
-                if not args.no_heatmaps:
-                    sid = entry.scan_id or scan.scan_id or f"scan{n_ok}"
-                    if scan.spatial_ndim == 3:
-                        hp = out_dir / f"{sid}_asymmetry.nii.gz"
-                        _nifti_heatmap(scan, res.heatmap, hp)
-                    else:
-                        hp = out_dir / f"{sid}_asymmetry.png"
-                        _png_heatmap(res.heatmap, hp)
-                    row["heatmap"] = hp.name
-                n_ok += 1
-            except (ValueError, RuntimeError, MemoryError, OSError) as exc:
-                row.update(status="error", error=f"{entry.path}: {' '.join(str(exc).split())}")
-                n_err += 1
-            writer.writerow(row)
-            fh.flush()
-    print(f"scanqc asymmetry: {n_ok} scored, {n_err} errors -> {csv_path}", file=sys.stderr)
+                out.result(entry, scan, res)
+            except _ERRORS as exc:
+                out.row(entry, status="error", error=_one_line(entry, exc))
+        for entry, why in pairing.unpaired:
+            out.row(entry, status="skipped", error=f"{entry.path}: {why}")
+        for left, right in [*pairing.pairs, *explicit]:
+            scans = (_read(left), _read(right))
+            bad = [(e, s) for e, s in zip((left, right), scans, strict=True)
+                   if not isinstance(s, Scan)]
+            if bad:
+                for e, s in zip((left, right), scans, strict=True):
+                    partner = right if e is left else left
+                    cause = str(s) if isinstance(s, ScanReadError) else (
+                        f"{e.path}: partner {partner.path} unreadable" if isinstance(s, Scan)
+                        else f"{e.path}: not an image")
+                    out.row(e, status="error", error=cause, pair=partner.path)
+                continue
+            try:
+                res_l, res_r = asymmetry_pair(scans[0], scans[1], model)
+            except _ERRORS as exc:
+                for e, partner in ((left, right), (right, left)):
+                    out.row(e, status="error", error=_one_line(e, exc), pair=partner.path)
+                continue
+            out.result(left, scans[0], res_l, pair=right.path)
+            out.result(right, scans[1], res_r, pair=left.path)
+    finally:
+        out.close()
+    print(f"scanqc asymmetry: {out.n_ok} scored, {out.n_err} errors -> {out.csv_path}",
+          file=sys.stderr)
     return 0

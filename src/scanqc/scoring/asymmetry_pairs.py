@@ -1,0 +1,77 @@
+"""Pair left and right 2D images (mammograms) for :func:`scanqc.scoring.asymmetry.asymmetry_pair`.
+
+A mammogram has no symmetry line of its own: its asymmetry is measured against the other
+breast's image of the same view. Images are paired by their DICOM ``ImageLaterality``
+(or series ``Laterality``) and ``ViewPosition``, within one folder (a study's images are
+filed together; no study identifier leaves the reader, see :mod:`scanqc.io.privacy`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanqc.io.scan import ScanEntry
+
+
+def laterality(entry: ScanEntry) -> str:
+    """``"L"``, ``"R"`` or ``""`` from the entry's header (ImageLaterality, then Laterality)."""
+    for key in ("ImageLaterality", "Laterality"):
+        value = str(entry.header.get(key) or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return ""
+
+
+def view(entry: ScanEntry) -> str:
+    """The entry's ViewPosition (``"CC"``, ``"MLO"`` ...), upper case, or ``""``."""
+    return str(entry.header.get("ViewPosition") or "").strip().upper()
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """The result of :func:`pair_by_laterality`.
+
+    Attributes:
+        pairs: ``(left, right)`` entries of the same view in the same folder.
+        unpaired: Entries with a laterality but no partner, with the reason.
+        others: Entries without a laterality (volumes, single images): scored alone.
+    """
+
+    pairs: list[tuple[ScanEntry, ScanEntry]]
+    unpaired: list[tuple[ScanEntry, str]]
+    others: list[ScanEntry]
+
+
+def pair_by_laterality(entries: Sequence[ScanEntry]) -> Pairing:
+    """Pair 2D images with opposite laterality and the same view within each folder.
+
+    When a folder holds several images of one side and view (e.g. repeated exposures), they
+    are paired in path order; those left over are unpaired.
+
+    Args:
+        entries: Discovered scans (any kinds; only readable single images with a laterality
+            are paired).
+    """
+    groups: dict[tuple[str, str], dict[str, list[ScanEntry]]] = defaultdict(
+        lambda: {"L": [], "R": []})
+    others: list[ScanEntry] = []
+    for e in entries:
+        side = laterality(e)
+        if e.status != "ok" or e.kind != "image" or not side:
+            others.append(e)
+            continue
+        groups[(os.path.dirname(e.path), view(e))][side].append(e)
+    pairs: list[tuple[ScanEntry, ScanEntry]] = []
+    unpaired: list[tuple[ScanEntry, str]] = []
+    for (_folder, v), sides in groups.items():
+        left = sorted(sides["L"], key=lambda e: e.path)
+        right = sorted(sides["R"], key=lambda e: e.path)
+        pairs.extend(zip(left, right, strict=False))
+        for e in left[len(right):] + right[len(left):]:
+            other = "R" if laterality(e) == "L" else "L"
+            unpaired.append((e, f"no image of the other side ({other}, view {v or 'unknown'}) "
+                                f"in its folder to compare with"))
+    return Pairing(pairs, unpaired, others)
