@@ -117,3 +117,35 @@ def test_no_scan_gives_a_message_not_an_error(qtbot, make_napari_viewer) -> None
     w.run()
     assert "no scan" in w.status.text()
     assert w.result is None and not _heat_layers(viewer)
+
+
+def test_mammogram_is_compared_with_the_other_side(qtbot, make_napari_viewer, monkeypatch,
+                                                   tmp_path) -> None:
+    from tests.test_cli_asymmetry_pairs import _breast, _mammo
+
+    monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
+    ds = tmp_path / "study"
+    ds.mkdir()
+    _mammo(ds / "l_mlo.dcm", _breast(lesion=True, flip=False), "L", "MLO")
+    _mammo(ds / "r_mlo.dcm", _breast(lesion=False, flip=True), "R", "MLO")
+    viewer = make_napari_viewer()
+    ds_widget = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(ds_widget, name="Dataset")
+    ds_widget.open_folder(ds)
+    qtbot.waitUntil(lambda: ds_widget.model.rowCount() == 2, timeout=20_000)
+    state = get_state(viewer)
+    sid = next(e.scan_id for e in state.entries if e.name.startswith("l_mlo"))
+    ds_widget.open_scan(sid)
+    qtbot.waitUntil(lambda: any((ly.metadata.get("scanqc") or {}).get("scan_id") == sid
+                                for ly in viewer.layers), timeout=20_000)
+    w = AsymmetryWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Asymmetry")
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=60_000)
+    assert w.result.method == "siamese-pair"
+    assert "compared with r_mlo" in w.status.text()
+    layer = _heat_layers(viewer)[0]
+    assert layer.data.shape == (160, 128)
+    peak = np.unravel_index(int(np.argmax(layer.data)), layer.data.shape)
+    assert (peak[0] - 90) ** 2 + (peak[1] - 40) ** 2 < 24**2, peak
+    assert state.rows[sid]["asymmetry_score"] == pytest.approx(w.result.score)

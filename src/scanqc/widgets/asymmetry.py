@@ -49,18 +49,60 @@ METHOD_HELP = {
 
 
 def compute_asymmetry(source: ScanEntry | Scan, method: str, progress: Any = None,
-                      cancel: Any = None) -> tuple[Scan, Any]:
+                      cancel: Any = None, partner: ScanEntry | None = None
+                      ) -> tuple[Scan, Any]:
     """Read ``source`` if needed and compute its asymmetry map (runs in the worker).
+
+    Args:
+        source: The scan, or its dataset entry.
+        method: Volume method (see :data:`METHOD_HELP`).
+        progress: ``progress(done, total, message)``.
+        cancel: Cancel token.
+        partner: The other side's image of a mammogram pair (see
+            :func:`find_partner`): the map compares the two images
+            (:func:`scanqc.scoring.asymmetry.asymmetry_pair`) instead of the scan with its
+            own mirror image.
 
     Returns:
         ``(scan, AsymmetryResult)``.
     """
     from scanqc.io.load import load_scan
-    from scanqc.scoring.asymmetry import asymmetry_maps
+    from scanqc.scoring.asymmetry import asymmetry_maps, asymmetry_pair
+    from scanqc.scoring.asymmetry_pairs import laterality
 
     scan = source if isinstance(source, Scan) else load_scan(source)
+    if partner is not None and isinstance(source, ScanEntry):
+        other = load_scan(partner)
+        if laterality(source) == "L":
+            result = asymmetry_pair(scan, other, progress=progress, cancel=cancel)[0]
+        else:
+            result = asymmetry_pair(other, scan, progress=progress, cancel=cancel)[1]
+        result.info["pair"] = partner.name or partner.path
+        return scan, result
     result = asymmetry_maps(scan, None, [method], progress=progress, cancel=cancel)[method]
     return scan, result
+
+
+def find_partner(entry: ScanEntry, entries: Any) -> ScanEntry | None:
+    """The other side's image of ``entry`` (same view, same folder), or None.
+
+    Only for 2D images with a DICOM laterality (mammograms); see
+    :func:`scanqc.scoring.asymmetry_pairs.pair_by_laterality`.
+    """
+    import os
+
+    from scanqc.scoring.asymmetry_pairs import laterality, pair_by_laterality
+
+    if entry.kind != "image" or not laterality(entry):
+        return None
+    folder = os.path.dirname(entry.path)
+    near = [e for e in entries if os.path.dirname(e.path) == folder]
+    for left, right in pair_by_laterality(near).pairs:
+        if left.scan_id == entry.scan_id:
+            return right
+        if right.scan_id == entry.scan_id:
+            return left
+    return None
 
 
 def layer_to_scan(layer: Any) -> Scan:
@@ -157,8 +199,11 @@ class AsymmetryWidget(QWidget):
         self.scan_id, self._source_layer = scan_id, layer
         method = self.method_combo.currentText()
         name = source.name or getattr(source, "path", "") or "scan"
-        self._set_busy(True, f"Asymmetry of {name} ({method}) …")
-        self._worker = start_worker(compute_asymmetry, source, method,
+        partner = find_partner(source, self.state.entries) if isinstance(
+            source, ScanEntry) else None
+        what = f"compared with {partner.name or partner.path}" if partner else method
+        self._set_busy(True, f"Asymmetry of {name} ({what}) …")
+        self._worker = start_worker(compute_asymmetry, source, method, partner=partner,
                                     on_progress=self._on_progress, on_done=self._on_done,
                                     on_error=self._on_error, on_cancelled=self._on_cancelled)
 
@@ -193,6 +238,8 @@ class AsymmetryWidget(QWidget):
         plane = result.plane
         where = (f"; plane offset {plane.offset_mm:+.1f} mm, yaw {plane.yaw_deg:+.1f} deg"
                  if plane is not None and getattr(plane, "offset_mm", None) is not None else "")
+        if result.info.get("pair"):
+            where = f"; compared with {result.info['pair']} (the other side, same view)"
         self.status.setText(f"{scan.name or scan.path}: asymmetry score {result.score:.2f}"
                             f"{where}")
         self.regions.clear()
