@@ -70,3 +70,37 @@ def test_cli_writes_overlayable_nifti_and_csv_with_error_row(tmp_path) -> None:
         assert _spl_to_ras(lesion).any(axis=0)[peak[1], peak[2]]
     # inputs untouched
     assert (src / "broken.nii.gz").read_bytes() == b"\x1f\x8b not really a nifti"
+
+
+def test_train_asymmetry_fine_tunes_a_usable_model(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    src = tmp_path / "in"
+    src.mkdir()
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    for i, shift in enumerate((4.0, 7.0)):
+        vol, _ = _head_spl(shift=shift)
+        nib.save(nib.Nifti1Image(_spl_to_ras(vol), affine), str(src / f"head{i}.nii.gz"))
+    (src / "broken.nii.gz").write_bytes(b"\x1f\x8b not really a nifti")
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_model(AsymmetryEncoder(width=4, dim=8), base, {"seed": 0})
+    out = tmp_path / "tuned"
+    rc = main(["train", "asymmetry", str(src), "--model", str(base), "--out", str(out),
+               "--steps", "4"])
+    assert rc == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert sorted(p.rsplit("/", 1)[-1] for p in meta["training_files"]) == [
+        "head0.nii.gz", "head1.nii.gz"]
+    assert meta["steps"] == 4 and meta["fine_tuned_from"] == str(base)
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it did train
+    # the tuned folder is a model scanqc asymmetry can use
+    assert main(["asymmetry", str(src / "head0.nii.gz"), "--out-dir", str(tmp_path / "o"),
+                 "--method", "siamese", "--model", str(out), "--no-heatmaps"]) == 0
+    # no usable volume: a one-line error, exit 1
+    assert main(["train", "asymmetry", str(src / "broken.nii.gz"), "--out",
+                 str(tmp_path / "x")]) == 1
