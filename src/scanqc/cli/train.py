@@ -1,5 +1,8 @@
-"""``scanqc train encoder`` (SimCLR pretraining of the bundled slice encoder, CPU) and
-``scanqc train asymmetry`` (fine-tune the asymmetry patch encoder on the user's volumes)."""
+"""``scanqc train``: the bundled models.
+
+``scanqc train encoder`` (SimCLR pretraining of the slice encoder, CPU) and ``scanqc train
+asymmetry`` (fine-tune the asymmetry patch encoder on the user's volumes).
+"""
 
 from __future__ import annotations
 
