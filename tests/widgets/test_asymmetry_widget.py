@@ -25,6 +25,27 @@ def _heat_layers(viewer):
     return [ly for ly in viewer.layers if ly.metadata.get(OWNER_KEY) == OWNER]
 
 
+def _open_dataset_scan(qtbot, viewer, folder: Path, prefix: str):
+    """Open ``folder`` (two scans) in a Dataset dock and show the scan named ``prefix...``.
+
+    Returns ``(dataset widget, viewer state, scan_id, its image layer)``.
+    """
+    ds_widget = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(ds_widget, name="Dataset")
+    ds_widget.open_folder(folder)
+    qtbot.waitUntil(lambda: ds_widget.model.rowCount() == 2, timeout=20_000)
+    state = get_state(viewer)
+    sid = next(e.scan_id for e in state.entries if e.name.startswith(prefix))
+    ds_widget.open_scan(sid)
+
+    def shown():
+        return next((ly for ly in viewer.layers
+                     if (ly.metadata.get("scanqc") or {}).get("scan_id") == sid), None)
+
+    qtbot.waitUntil(lambda: shown() is not None, timeout=20_000)
+    return ds_widget, state, sid, shown()
+
+
 @pytest.fixture
 def heads(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A folder with a head with a lesion and one without; the lesion mask in scan order."""
@@ -47,17 +68,7 @@ def test_heatmap_over_the_current_dataset_scan(qtbot, make_napari_viewer, heads,
     monkeypatch.setenv("SCANQC_LABELS", str(tmp_path / "labels.sqlite"))
     folder, lesion = heads
     viewer = make_napari_viewer()
-    ds_widget = DatasetWidget(viewer)
-    viewer.window.add_dock_widget(ds_widget, name="Dataset")
-    ds_widget.open_folder(folder)
-    qtbot.waitUntil(lambda: ds_widget.model.rowCount() == 2, timeout=20_000)
-    state = get_state(viewer)
-    sid = next(e.scan_id for e in state.entries if e.name.startswith("lesion"))
-    ds_widget.open_scan(sid)
-    qtbot.waitUntil(lambda: any((ly.metadata.get("scanqc") or {}).get("scan_id") == sid
-                                for ly in viewer.layers), timeout=20_000)
-    image = next(ly for ly in viewer.layers
-                 if (ly.metadata.get("scanqc") or {}).get("scan_id") == sid)
+    ds_widget, state, sid, image = _open_dataset_scan(qtbot, viewer, folder, "lesion")
     w = AsymmetryWidget(viewer)
     viewer.window.add_dock_widget(w, name="Asymmetry")
     w.method_combo.setCurrentText("intensity-z")
@@ -129,15 +140,7 @@ def test_mammogram_is_compared_with_the_other_side(qtbot, make_napari_viewer, mo
     _mammo(ds / "l_mlo.dcm", _breast(lesion=True, flip=False), "L", "MLO")
     _mammo(ds / "r_mlo.dcm", _breast(lesion=False, flip=True), "R", "MLO")
     viewer = make_napari_viewer()
-    ds_widget = DatasetWidget(viewer)
-    viewer.window.add_dock_widget(ds_widget, name="Dataset")
-    ds_widget.open_folder(ds)
-    qtbot.waitUntil(lambda: ds_widget.model.rowCount() == 2, timeout=20_000)
-    state = get_state(viewer)
-    sid = next(e.scan_id for e in state.entries if e.name.startswith("l_mlo"))
-    ds_widget.open_scan(sid)
-    qtbot.waitUntil(lambda: any((ly.metadata.get("scanqc") or {}).get("scan_id") == sid
-                                for ly in viewer.layers), timeout=20_000)
+    _, state, sid, _ = _open_dataset_scan(qtbot, viewer, ds, "l_mlo")
     w = AsymmetryWidget(viewer)
     viewer.window.add_dock_widget(w, name="Asymmetry")
     w.run()
