@@ -45,3 +45,13 @@ def test_asymmetry_column_filled_only_when_asked(heads: Path) -> None:
 
 def test_asymmetry_setting_changes_the_resume_key() -> None:
     assert ScoreConfig(asymmetry=True).cache_hash() != ScoreConfig().cache_hash()
+
+
+def test_a_mammogram_is_not_scored_alone(tmp_path: Path) -> None:
+    from tests.test_cli_asymmetry_pairs import _breast, _mammo
+
+    _mammo(tmp_path / "l_mlo.dcm", _breast(lesion=True, flip=False), "L", "MLO")
+    (row,) = score_all([tmp_path], config=ScoreConfig(workers=0, asymmetry=True))
+    assert row["status"] == "ok"
+    assert math.isnan(row["asymmetry_score"])
+    assert "asymmetry_needs_pair" in row["warnings"]

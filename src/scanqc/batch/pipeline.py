@@ -129,15 +129,25 @@ def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]
     return list(warnings), {k: v for k, v in (metrics or {}).items() if v is not None}
 
 
-def asymmetry_score(scan: Scan, warnings: list[ScanWarning]) -> float:
+def asymmetry_score(scan: Scan, warnings: list[ScanWarning],
+                    entry: ScanEntry | None = None) -> float:
     """The scan-level left-right asymmetry score (NaN when it cannot be computed).
 
     :func:`scanqc.scoring.asymmetry.asymmetry_map` with its default method (no encoder
     run). A failure adds an info warning ``check_failed`` to ``warnings`` instead of
-    failing the scan.
+    failing the scan. A 2D image with a DICOM laterality (a mammogram) has no symmetry
+    line of its own: it gets NaN and an info note (``scanqc asymmetry`` pairs it with the
+    other side's image).
     """
     from scanqc.scoring.asymmetry import asymmetry_map
+    from scanqc.scoring.asymmetry_pairs import laterality
 
+    if entry is not None and not scan.is_volume and laterality(entry):
+        warnings.append(ScanWarning(
+            "asymmetry_needs_pair", "asymmetry: a single-side image is compared with the "
+            "other side's image (scanqc asymmetry or the Asymmetry dock), not scored here",
+            severity="info"))
+        return float("nan")
     try:
         return float(asymmetry_map(scan).score)
     except (ValueError, RuntimeError, MemoryError, IndexError) as exc:
@@ -202,7 +212,7 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         else:
             warnings = list(scan.warnings)
         if options.get("asymmetry"):
-            row["asymmetry_score"] = asymmetry_score(scan, warnings)
+            row["asymmetry_score"] = asymmetry_score(scan, warnings, entry)
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
         from scanqc.models.preprocess import scan_to_slices
 
