@@ -1030,15 +1030,42 @@ def _align(src: np.ndarray, src_box: Sequence[int], dst_shape: Sequence[int],
     ).astype(np.float32)
 
 
+#: Paired 2D images: the two-sided foreground is eroded by this much (mm), so that the
+#: outline (a mammogram's skin line), where a small misalignment of the two outlines
+#: dominates any difference, cannot hold the peak.
+PAIR_INNER_MM = 8.0
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 2D mask (film labels and markers dropped)."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def pair_mask(a: np.ndarray, b_mirrored: np.ndarray, sp: Sequence[float]) -> np.ndarray:
+    """Where a paired heatmap may be non-zero: ``(1, Y, X)`` bool.
+
+    The largest foreground component of each image (the anatomy, not film labels or
+    markers), intersected, then eroded by :data:`PAIR_INNER_MM`.
+    """
+    fg_a = _largest_component(_foreground(a[None])[0])
+    fg_b = _largest_component(_foreground(b_mirrored[None])[0])
+    # padded: the image border (anatomy cut by the field of view) is an outline too
+    both = np.pad(fg_a & fg_b, 1)[None]
+    return _inner(both, (1.0, float(sp[0]), float(sp[1])), PAIR_INNER_MM)[:, 1:-1, 1:-1]
+
+
 def _pair_side(
     a: np.ndarray, b_mirrored: np.ndarray, sp: tuple[float, float], model: AsymmetryEncoder,
     cancel: CancelToken | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat for image ``a`` against its aligned, mirrored partner; returns (heat, sym)."""
     sp3 = (1.0, sp[0], sp[1])
-    fg_a = _foreground(a[None])
-    fg_b = _foreground(b_mirrored[None])
-    mask = fg_a & fg_b
+    mask = pair_mask(a, b_mirrored, sp)
     work = _to_working(a[None], sp3)
     oth = _to_working(b_mirrored[None], sp3)
     mask_w = _to_working(mask.astype(np.float32), sp3, order=0) > 0.5
@@ -1059,8 +1086,9 @@ def asymmetry_pair(
 ) -> tuple[AsymmetryResult, AsymmetryResult]:
     """Asymmetry between paired left and right 2D images (e.g. L and R MLO mammograms).
 
-    The right image is mirrored left-right and its foreground box is resampled onto the
-    left image's box (and vice versa for the right heatmap). Pair images by
+    The right image is mirrored left-right and the box of its largest foreground component
+    (the anatomy, without film labels) is resampled onto the left image's box (and vice
+    versa for the right heatmap); the heatmaps are limited to :func:`pair_mask`. Pair images by
     ``ImageLaterality`` and ``ViewPosition`` before calling.
 
     Returns:
@@ -1072,8 +1100,8 @@ def asymmetry_pair(
     ra, sp_r = _image2d(right_scan)
     ln = normalize(la, left_scan.modality)
     rn = np.ascontiguousarray(normalize(ra, right_scan.modality)[:, ::-1])
-    box_l = _bbox(_foreground(ln[None])[0])
-    box_r = _bbox(_foreground(rn[None])[0])
+    box_l = _bbox(_largest_component(_foreground(ln[None])[0]))
+    box_r = _bbox(_largest_component(_foreground(rn[None])[0]))
     report(progress, 0, 2, "left side")
     r_on_l = _align(rn, box_r, ln.shape, box_l)
     heat_l, sym_l = _pair_side(ln, r_on_l, sp_l, enc, cancel)
