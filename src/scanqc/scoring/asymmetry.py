@@ -262,10 +262,17 @@ def _inner(mask: np.ndarray, sp: Sequence[float], mm: float = INNER_MM) -> np.nd
     """Erode each slice of ``mask`` by ``mm`` (in-plane, mm-aware Euclidean distance).
 
     Slices within ``mm`` of either end of the array (the field of view's end caps, partial
-    volumes at the skull base or vertex) are dropped when the volume is thick enough.
+    volumes at the skull base or vertex) are dropped when the volume is thick enough. A
+    single 2D image (one slice) is eroded from the image border too: a radiograph's anatomy
+    usually fills the field of view, and where the border cuts it is an outline that the
+    mirror side does not match.
     """
     if mm <= 0:
         return mask.copy()
+    if mask.shape[0] == 1:
+        padded = np.pad(mask[0], 1)
+        dist = ndimage.distance_transform_edt(padded, sampling=sp[-2:])[1:-1, 1:-1]
+        return (dist > mm)[None]
     out = np.zeros_like(mask)
     for z in range(mask.shape[0]):
         if mask[z].any():
@@ -1054,9 +1061,8 @@ def pair_mask(a: np.ndarray, b_mirrored: np.ndarray, sp: Sequence[float]) -> np.
     """
     fg_a = _largest_component(_foreground(a[None])[0])
     fg_b = _largest_component(_foreground(b_mirrored[None])[0])
-    # padded: the image border (anatomy cut by the field of view) is an outline too
-    both = np.pad(fg_a & fg_b, 1)[None]
-    return _inner(both, (1.0, float(sp[0]), float(sp[1])), PAIR_INNER_MM)[:, 1:-1, 1:-1]
+    # one slice: _inner erodes from the image border too (anatomy cut by the field of view)
+    return _inner((fg_a & fg_b)[None], (1.0, float(sp[0]), float(sp[1])), PAIR_INNER_MM)
 
 
 def _pair_side(
