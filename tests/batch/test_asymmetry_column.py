@@ -14,8 +14,10 @@ from scanqc.batch.engine import ScoreConfig, score_all
 
 
 def _write(path: Path, vol: np.ndarray) -> Path:
-    # scanqc reads NIfTI as (S, P, L): store x, y, z
-    nib.save(nib.Nifti1Image((vol * 1000).astype(np.int16).transpose(2, 1, 0), np.eye(4)), path)
+    # scanqc reads NIfTI as (S, P, L): store x, y, z; 1.5 mm voxels as in the scoring tests
+    # (the planted lesion is then 15 mm across)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    nib.save(nib.Nifti1Image((vol * 1000).astype(np.int16).transpose(2, 1, 0), affine), path)
     return path
 
 
