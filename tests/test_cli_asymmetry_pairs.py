@@ -10,7 +10,7 @@ import pytest
 
 from scanqc.cli.main import main
 from scanqc.io.scan import ScanEntry
-from scanqc.scoring.asymmetry_pairs import pair_by_laterality
+from scanqc.scoring.asymmetry_pairs import pair_by_laterality, partner_of
 
 
 def _entry(path: str, side: str = "", view: str = "MLO", kind: str = "image",
@@ -37,6 +37,9 @@ def test_pairs_by_side_and_view_within_a_folder() -> None:
     assert set(unpaired) == {"a/l_cc.dcm", "b/r_cc.dcm"}
     assert "other side (R, view CC)" in unpaired["a/l_cc.dcm"]
     assert {e.path for e in p.others} == {"a/chest.dcm", "a/head.nii.gz"}
+    # the dock's lookup: the partner of one image, or None
+    assert partner_of(entries[1], entries).path == "a/l_mlo.dcm"
+    assert partner_of(entries[2], entries) is None and partner_of(entries[6], entries) is None
 
 
 def _breast(lesion: bool, flip: bool) -> np.ndarray:

@@ -241,9 +241,7 @@ def run(args: argparse.Namespace) -> int:
             out.row(entry, status="skipped", error=f"{entry.path}: {why}")
         for left, right in [*pairing.pairs, *explicit]:
             scans = (_read(left), _read(right))
-            bad = [(e, s) for e, s in zip((left, right), scans, strict=True)
-                   if not isinstance(s, Scan)]
-            if bad:
+            if not all(isinstance(s, Scan) for s in scans):
                 for e, s in zip((left, right), scans, strict=True):
                     partner = right if e is left else left
                     cause = str(s) if isinstance(s, ScanReadError) else (

@@ -75,3 +75,21 @@ def pair_by_laterality(entries: Sequence[ScanEntry]) -> Pairing:
             unpaired.append((e, f"no image of the other side ({other}, view {v or 'unknown'}) "
                                 f"in its folder to compare with"))
     return Pairing(pairs, unpaired, others)
+
+
+def partner_of(entry: ScanEntry, entries: Sequence[ScanEntry]) -> ScanEntry | None:
+    """The other side's image of ``entry`` (same view, same folder) among ``entries``.
+
+    None unless ``entry`` is a 2D image with a laterality that :func:`pair_by_laterality`
+    pairs.
+    """
+    if entry.kind != "image" or not laterality(entry):
+        return None
+    folder = os.path.dirname(entry.path)
+    near = [e for e in entries if os.path.dirname(e.path) == folder]
+    for left, right in pair_by_laterality(near).pairs:
+        if left.scan_id == entry.scan_id:
+            return right
+        if right.scan_id == entry.scan_id:
+            return left
+    return None

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from scanqc.io.scan import Scan, ScanEntry
+from scanqc.scoring.asymmetry_pairs import partner_of
 from scanqc.widgets._present import OWNER_KEY, go_to_slice, owned_layers, scan_layer
 from scanqc.widgets._state import get_state
 from scanqc.widgets._threading import WorkerHandle, start_worker
@@ -59,7 +60,7 @@ def compute_asymmetry(source: ScanEntry | Scan, method: str, progress: Any = Non
         progress: ``progress(done, total, message)``.
         cancel: Cancel token.
         partner: The other side's image of a mammogram pair (see
-            :func:`find_partner`): the map compares the two images
+            :func:`scanqc.scoring.asymmetry_pairs.partner_of`): the map compares the two images
             (:func:`scanqc.scoring.asymmetry.asymmetry_pair`) instead of the scan with its
             own mirror image.
 
@@ -81,28 +82,6 @@ def compute_asymmetry(source: ScanEntry | Scan, method: str, progress: Any = Non
         return scan, result
     result = asymmetry_maps(scan, None, [method], progress=progress, cancel=cancel)[method]
     return scan, result
-
-
-def find_partner(entry: ScanEntry, entries: Any) -> ScanEntry | None:
-    """The other side's image of ``entry`` (same view, same folder), or None.
-
-    Only for 2D images with a DICOM laterality (mammograms); see
-    :func:`scanqc.scoring.asymmetry_pairs.pair_by_laterality`.
-    """
-    import os
-
-    from scanqc.scoring.asymmetry_pairs import laterality, pair_by_laterality
-
-    if entry.kind != "image" or not laterality(entry):
-        return None
-    folder = os.path.dirname(entry.path)
-    near = [e for e in entries if os.path.dirname(e.path) == folder]
-    for left, right in pair_by_laterality(near).pairs:
-        if left.scan_id == entry.scan_id:
-            return right
-        if right.scan_id == entry.scan_id:
-            return left
-    return None
 
 
 def layer_to_scan(layer: Any) -> Scan:
@@ -199,7 +178,7 @@ class AsymmetryWidget(QWidget):
         self.scan_id, self._source_layer = scan_id, layer
         method = self.method_combo.currentText()
         name = source.name or getattr(source, "path", "") or "scan"
-        partner = find_partner(source, self.state.entries) if isinstance(
+        partner = partner_of(source, self.state.entries) if isinstance(
             source, ScanEntry) else None
         what = f"compared with {partner.name or partner.path}" if partner else method
         self._set_busy(True, f"Asymmetry of {name} ({what}) …")
