@@ -238,3 +238,27 @@ def test_asymmetry_flag_fills_the_column(tmp_path, tiny_model):
     assert main(["score", *common, "--out", str(out2)]) == 0
     assert all(r["asymmetry_score"] is None or math.isnan(r["asymmetry_score"])
                for r in read_report(out2, "csv"))
+
+
+def test_broken_dicom_is_one_line_without_traceback(tmp_path, shared_data):
+    """pydicom logs a failed JPEG 2000 decode with a traceback; the CLI shows one line.
+
+    Run as a separate process: pytest's own log capture would hide the traceback here.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_data / "pydicom_3.0.2_testfiles/JPEG2000-embedded-sequence-delimiter.dcm",
+                src / "bad_j2k.dcm")
+    out = tmp_path / "r.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scanqc.cli.main", "score", str(src), "--out", str(out),
+         "--workers", "0", "--no-progress", "--no-cache"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    (row,) = read_report(out, "csv")
+    assert row["status"] == "error" and "bad_j2k.dcm" in row["error"]

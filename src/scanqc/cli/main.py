@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_pydicom(record: logging.LogRecord) -> bool:
+    """Logging filter: False for pydicom's records below CRITICAL."""
+    return not (record.name.startswith("pydicom") and record.levelno < logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``scanqc`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
@@ -54,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="scanqc: %(levelname)s: %(message)s",
     )
+    if not args.verbose:
+        # pydicom logs a failed decoder with a full traceback and header oddities as
+        # warnings (and resets its logger's level when imported); scanqc reports each bad
+        # file as one line of its own, so pydicom's records are dropped at the handlers
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_pydicom)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
