@@ -14,11 +14,12 @@ from scanqc.scoring.asymmetry_pairs import pair_by_laterality, partner_of
 
 
 def _entry(path: str, side: str = "", view: str = "MLO", kind: str = "image",
-           key: str = "ImageLaterality") -> ScanEntry:
+           key: str = "ImageLaterality", modality: str = "MG") -> ScanEntry:
     header = {"ViewPosition": view}
     if side:
         header[key] = side
-    return ScanEntry(scan_id=path, paths=(path,), kind=kind, format="dicom", header=header)
+    return ScanEntry(scan_id=path, paths=(path,), kind=kind, format="dicom", header=header,
+                     modality=modality)
 
 
 def test_pairs_by_side_and_view_within_a_folder() -> None:
@@ -29,6 +30,7 @@ def test_pairs_by_side_and_view_within_a_folder() -> None:
         _entry("c/l.dcm", "L", key="Laterality"), _entry("c/r.dcm", "r", key="Laterality"),
         _entry("a/chest.dcm"),                                 # no laterality
         _entry("a/head.nii.gz", kind="volume"),
+        _entry("d/chest_pa.dcm", "L", "PA", modality="DX"),    # not a mammogram: alone
     ]
     p = pair_by_laterality(entries)
     pairs = {(left.path, right.path) for left, right in p.pairs}
@@ -36,7 +38,7 @@ def test_pairs_by_side_and_view_within_a_folder() -> None:
     unpaired = {e.path: why for e, why in p.unpaired}
     assert set(unpaired) == {"a/l_cc.dcm", "b/r_cc.dcm"}
     assert "other side (R, view CC)" in unpaired["a/l_cc.dcm"]
-    assert {e.path for e in p.others} == {"a/chest.dcm", "a/head.nii.gz"}
+    assert {e.path for e in p.others} == {"a/chest.dcm", "a/head.nii.gz", "d/chest_pa.dcm"}
     # the dock's lookup: the partner of one image, or None
     assert partner_of(entries[1], entries).path == "a/l_mlo.dcm"
     assert partner_of(entries[2], entries) is None and partner_of(entries[6], entries) is None
@@ -54,7 +56,7 @@ def _breast(lesion: bool, flip: bool) -> np.ndarray:
     return img[:, ::-1].copy() if flip else img
 
 
-def _mammo(path: Path, img: np.ndarray, side: str, view: str) -> None:
+def _mammo(path: Path, img: np.ndarray, side: str, view: str, modality: str = "MG") -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -67,7 +69,7 @@ def _mammo(path: Path, img: np.ndarray, side: str, view: str) -> None:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = uid, meta.MediaStorageSOPInstanceUID
     ds.SeriesInstanceUID = generate_uid()
-    ds.Modality, ds.ImageLaterality, ds.ViewPosition = "MG", side, view
+    ds.Modality, ds.ImageLaterality, ds.ViewPosition = modality, side, view
     ds.Rows, ds.Columns = img.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

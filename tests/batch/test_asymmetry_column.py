@@ -53,7 +53,13 @@ def test_a_mammogram_is_not_scored_alone(tmp_path: Path) -> None:
     from tests.test_cli_asymmetry_pairs import _breast, _mammo
 
     _mammo(tmp_path / "l_mlo.dcm", _breast(lesion=True, flip=False), "L", "MLO")
-    (row,) = score_all([tmp_path], config=ScoreConfig(workers=0, asymmetry=True))
-    assert row["status"] == "ok"
-    assert math.isnan(row["asymmetry_score"])
-    assert "asymmetry_needs_pair" in row["warnings"]
+    # a radiograph of another body part tagged with a laterality is scored on its own
+    _mammo(tmp_path / "l_hand.dcm", _breast(lesion=False, flip=False), "L", "PA", "DX")
+    rows = {Path(r["path"]).name: r for r in score_all(
+        [tmp_path], config=ScoreConfig(workers=0, asymmetry=True))}
+    mammo, hand = rows["l_mlo.dcm"], rows["l_hand.dcm"]
+    assert mammo["status"] == hand["status"] == "ok"
+    assert math.isnan(mammo["asymmetry_score"])
+    assert "asymmetry_needs_pair" in mammo["warnings"]
+    assert math.isfinite(hand["asymmetry_score"])
+    assert "asymmetry_needs_pair" not in (hand["warnings"] or "")

@@ -135,14 +135,14 @@ def asymmetry_score(scan: Scan, warnings: list[ScanWarning],
 
     :func:`scanqc.scoring.asymmetry.asymmetry_map` with its default method (no encoder
     run). A failure adds an info warning ``check_failed`` to ``warnings`` instead of
-    failing the scan. A 2D image with a DICOM laterality (a mammogram) has no symmetry
-    line of its own: it gets NaN and an info note (``scanqc asymmetry`` pairs it with the
-    other side's image).
+    failing the scan. A mammogram (a 2D image with a DICOM laterality and Modality MG, a
+    breast body part or a mammographic view) has no symmetry line of its own: it gets NaN
+    and an info note (``scanqc asymmetry`` pairs it with the other side's image).
     """
     from scanqc.scoring.asymmetry import asymmetry_map
-    from scanqc.scoring.asymmetry_pairs import laterality
+    from scanqc.scoring.asymmetry_pairs import is_mammogram, laterality
 
-    if entry is not None and not scan.is_volume and laterality(entry):
+    if entry is not None and not scan.is_volume and laterality(entry) and is_mammogram(entry):
         warnings.append(ScanWarning(
             "asymmetry_needs_pair", "asymmetry: a single-side image is compared with the "
             "other side's image (scanqc asymmetry or the Asymmetry dock), not scored here",

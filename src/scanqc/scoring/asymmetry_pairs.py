@@ -30,14 +30,30 @@ def view(entry: ScanEntry) -> str:
     return str(entry.header.get("ViewPosition") or "").strip().upper()
 
 
+#: Mammographic ViewPosition codes (DICOM CID 4014, the common ones).
+MAMMO_VIEWS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "AT",
+                         "CV", "RL", "RM"})
+
+
+def is_mammogram(entry: ScanEntry) -> bool:
+    """Modality MG, BodyPartExamined BREAST, or a mammographic view."""
+    modality = (entry.modality or str(entry.header.get("Modality") or "")).strip().upper()
+    body = str(entry.header.get("BodyPartExamined") or "").strip().upper()
+    return modality == "MG" or body == "BREAST" or view(entry) in MAMMO_VIEWS
+
+
 @dataclass(frozen=True)
 class Pairing:
     """The result of :func:`pair_by_laterality`.
 
     Attributes:
         pairs: ``(left, right)`` entries of the same view in the same folder.
-        unpaired: Entries with a laterality but no partner, with the reason.
-        others: Entries without a laterality (volumes, single images): scored alone.
+        unpaired: Mammograms (:func:`is_mammogram`) with a laterality but no partner, with
+            the reason: one breast's image has no symmetry line of its own.
+        others: Everything else, scored alone: volumes, images without a laterality, and
+            images of other body parts whose laterality has no partner (a left hand
+            radiograph still has its own left-right layout to compare, a chest film tagged
+            "L" is still a chest).
     """
 
     pairs: list[tuple[ScanEntry, ScanEntry]]
@@ -71,6 +87,9 @@ def pair_by_laterality(entries: Sequence[ScanEntry]) -> Pairing:
         right = sorted(sides["R"], key=lambda e: e.path)
         pairs.extend(zip(left, right, strict=False))
         for e in left[len(right):] + right[len(left):]:
+            if not is_mammogram(e):
+                others.append(e)
+                continue
             other = "R" if laterality(e) == "L" else "L"
             unpaired.append((e, f"no image of the other side ({other}, view {v or 'unknown'}) "
                                 f"in its folder to compare with"))
