@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from scanqc import __version__
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         # file as one line of its own, so pydicom's records are dropped at the handlers
         for handler in logging.getLogger().handlers:
             handler.addFilter(_not_pydicom)
+        # numpy's divide/empty-slice warnings on degenerate images (constant, 1 pixel wide)
+        # say nothing to a user: such a scan's problem is in its row (warnings or error)
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
