@@ -158,6 +158,8 @@ def _downsample(
     factors = np.minimum(1.0, sp / float(target_mm))
     if vol.shape[0] == 1:
         factors[0] = 1.0
+    # at least one voxel per axis (a 3-slice volume at 1 mm would otherwise zoom to 0 slices)
+    factors = np.maximum(factors, 1.0 / np.maximum(np.asarray(vol.shape, dtype=float), 1.0))
     if np.allclose(factors, 1.0):
         return vol, sp.copy()
     small = ndimage.zoom(vol, factors, order=1, prefilter=False)
@@ -174,6 +176,8 @@ def _score(vol: np.ndarray, sp: np.ndarray, yaw: float, roll: float, off_mm: flo
     else:
         mir = ndimage.affine_transform(vol, mat, offset=off, order=1, cval=0.0)
         a, b = vol.ravel(), mir.ravel()
+    if a.size == 0:
+        return -1.0
     a = a - a.mean()
     b = b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
