@@ -39,6 +39,11 @@ def test_pairs_by_side_and_view_within_a_folder() -> None:
     assert set(unpaired) == {"a/l_cc.dcm", "b/r_cc.dcm"}
     assert "other side (R, view CC)" in unpaired["a/l_cc.dcm"]
     assert {e.path for e in p.others} == {"a/chest.dcm", "a/head.nii.gz", "d/chest_pa.dcm"}
+    # a flat folder of several women's images: no guessing who belongs with whom
+    flat = [_entry(f"e/{i}.dcm", side, "CC") for i, side in enumerate("LRL")]
+    q = pair_by_laterality(flat)
+    assert not q.pairs and len(q.unpaired) == 3
+    assert all("2 left and 1 right" in why for _e, why in q.unpaired)
     # the dock's lookup: the partner of one image, or None
     assert partner_of(entries[1], entries).path == "a/l_mlo.dcm"
     assert partner_of(entries[2], entries) is None and partner_of(entries[6], entries) is None

@@ -64,8 +64,10 @@ class Pairing:
 def pair_by_laterality(entries: Sequence[ScanEntry]) -> Pairing:
     """Pair 2D images with opposite laterality and the same view within each folder.
 
-    When a folder holds several images of one side and view (e.g. repeated exposures), they
-    are paired in path order; those left over are unpaired.
+    Only a folder holding exactly one left and one right image of a view is paired: with
+    more (a flat folder of many women's mammograms, repeated exposures) which image belongs
+    with which cannot be told without identifiers, so none of them is paired and the reason
+    says so (``--pair`` pairs them explicitly).
 
     Args:
         entries: Discovered scans (any kinds; only readable single images with a laterality
@@ -83,16 +85,23 @@ def pair_by_laterality(entries: Sequence[ScanEntry]) -> Pairing:
     pairs: list[tuple[ScanEntry, ScanEntry]] = []
     unpaired: list[tuple[ScanEntry, str]] = []
     for (_folder, v), sides in groups.items():
-        left = sorted(sides["L"], key=lambda e: e.path)
-        right = sorted(sides["R"], key=lambda e: e.path)
-        pairs.extend(zip(left, right, strict=False))
-        for e in left[len(right):] + right[len(left):]:
+        left, right = sides["L"], sides["R"]
+        if len(left) == 1 and len(right) == 1:
+            pairs.append((left[0], right[0]))
+            continue
+        for e in sorted(left + right, key=lambda e: e.path):
             if not is_mammogram(e):
                 others.append(e)
                 continue
             other = "R" if laterality(e) == "L" else "L"
-            unpaired.append((e, f"no image of the other side ({other}, view {v or 'unknown'}) "
-                                f"in its folder to compare with"))
+            if left and right:
+                why = (f"{len(left)} left and {len(right)} right images of view "
+                       f"{v or 'unknown'} in its folder: which is its partner is unknown "
+                       f"(pair them with --pair LEFT RIGHT)")
+            else:
+                why = (f"no image of the other side ({other}, view {v or 'unknown'}) in its "
+                       f"folder to compare with")
+            unpaired.append((e, why))
     return Pairing(pairs, unpaired, others)
 
 
