@@ -113,20 +113,6 @@ def _png_heatmap(heat: np.ndarray, out: Path) -> None:
     Image.fromarray((rgba[..., :3] * 255).astype(np.uint8)).save(out)
 
 
-def _read(entry: Any) -> Scan | ScanReadError | None:
-    """The entry's scan, its read error, or None when discovery skipped it."""
-    from scanqc.io.load import load_entry
-
-    if entry.status == "skipped":
-        return None
-    if entry.status == "error":
-        return ScanReadError(entry.path, entry.error or "unreadable")
-    try:
-        return load_entry(entry)
-    except ScanReadError as err:
-        return err
-
-
 def _explicit_pairs(pairs: list[list[str]], root: str | None) -> list[tuple[Any, Any]]:
     """Discover the two files of every ``--pair LEFT RIGHT``."""
     from scanqc.io.discover import discover
@@ -200,6 +186,7 @@ def _one_line(entry: Any, exc: BaseException) -> str:
 def run(args: argparse.Namespace) -> int:
     """Score every scan; exit 0 unless the command itself cannot run."""
     from scanqc.io.discover import discover
+    from scanqc.io.load import read_entry
     from scanqc.models.asymmetry_net import load_bundled, load_model
     from scanqc.scoring.asymmetry import asymmetry_maps, asymmetry_pair
     from scanqc.scoring.asymmetry_pairs import pair_by_laterality
@@ -225,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     out = _Output(out_dir, not args.no_heatmaps)
     try:
         for entry in pairing.others:
-            scan = _read(entry)
+            scan = read_entry(entry)
             if scan is None:
                 out.row(entry, status="skipped", error=entry.error)
                 continue
@@ -240,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         for entry, why in pairing.unpaired:
             out.row(entry, status="skipped", error=f"{entry.path}: {why}")
         for left, right in [*pairing.pairs, *explicit]:
-            scans = (_read(left), _read(right))
+            scans = (read_entry(left), read_entry(right))
             if not all(isinstance(s, Scan) for s in scans):
                 for e, s in zip((left, right), scans, strict=True):
                     partner = right if e is left else left

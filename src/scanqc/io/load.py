@@ -113,6 +113,22 @@ def load_scan(entry_or_path: ScanEntry | PathLike, *, max_bytes: int | None = No
     raise ScanReadError(path, f"holds {len(ok)} scans, expected exactly one")
 
 
+def read_entry(entry: ScanEntry, *, max_bytes: int | None = None
+               ) -> Scan | ScanReadError | None:
+    """The entry's scan, its one-line read error, or None when discovery skipped it.
+
+    :func:`load_entry` for batch loops that report errors instead of raising.
+    """
+    if entry.status == "skipped":
+        return None
+    if entry.status == "error":
+        return ScanReadError(entry.path, entry.error or "unreadable")
+    try:
+        return load_entry(entry, max_bytes=max_bytes)
+    except ScanReadError as err:
+        return err
+
+
 def open_scans(
     paths: Iterable[PathLike] | PathLike,
     *,
@@ -142,14 +158,6 @@ def open_scans(
     total = len(entries)
     for i, entry in enumerate(entries):
         check(cancel)
-        if entry.status == "skipped":
-            result: Scan | ScanReadError | None = None
-        elif entry.status == "error":
-            result = ScanReadError(entry.path, entry.error or "unreadable")
-        else:
-            try:
-                result = load_entry(entry, max_bytes=max_bytes)
-            except ScanReadError as err:
-                result = err
+        result = read_entry(entry, max_bytes=max_bytes)
         report(progress, i + 1, total, entry.name or entry.path)
         yield entry, result

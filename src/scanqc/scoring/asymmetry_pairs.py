@@ -12,8 +12,10 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from scanqc.io.scan import ScanEntry
+from scanqc.io.scan import Scan, ScanEntry
+from scanqc.progress import CancelToken, ProgressCallback
 
 
 def laterality(entry: ScanEntry) -> str:
@@ -121,3 +123,23 @@ def partner_of(entry: ScanEntry, entries: Sequence[ScanEntry]) -> ScanEntry | No
         if right.scan_id == entry.scan_id:
             return left
     return None
+
+
+def asymmetry_with_partner(scan: Scan, entry: ScanEntry, partner: Scan,
+                           partner_entry: ScanEntry, model: Any = None,
+                           progress: ProgressCallback | None = None,
+                           cancel: CancelToken | None = None) -> Any:
+    """The asymmetry map of ``scan`` against its partner (the other side, same view).
+
+    Orders the two by laterality for :func:`scanqc.scoring.asymmetry.asymmetry_pair` and
+    returns ``scan``'s :class:`~scanqc.scoring.asymmetry.AsymmetryResult`, whose
+    ``info["pair"]`` names the partner.
+    """
+    from scanqc.scoring.asymmetry import asymmetry_pair
+
+    if laterality(entry) == "L":
+        result = asymmetry_pair(scan, partner, model, progress=progress, cancel=cancel)[0]
+    else:
+        result = asymmetry_pair(partner, scan, model, progress=progress, cancel=cancel)[1]
+    result.info["pair"] = partner_entry.name or partner_entry.path
+    return result

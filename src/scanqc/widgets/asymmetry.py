@@ -68,17 +68,13 @@ def compute_asymmetry(source: ScanEntry | Scan, method: str, progress: Any = Non
         ``(scan, AsymmetryResult)``.
     """
     from scanqc.io.load import load_scan
-    from scanqc.scoring.asymmetry import asymmetry_maps, asymmetry_pair
-    from scanqc.scoring.asymmetry_pairs import laterality
+    from scanqc.scoring.asymmetry import asymmetry_maps
+    from scanqc.scoring.asymmetry_pairs import asymmetry_with_partner
 
     scan = source if isinstance(source, Scan) else load_scan(source)
     if partner is not None and isinstance(source, ScanEntry):
-        other = load_scan(partner)
-        if laterality(source) == "L":
-            result = asymmetry_pair(scan, other, progress=progress, cancel=cancel)[0]
-        else:
-            result = asymmetry_pair(other, scan, progress=progress, cancel=cancel)[1]
-        result.info["pair"] = partner.name or partner.path
+        result = asymmetry_with_partner(scan, source, load_scan(partner), partner,
+                                        progress=progress, cancel=cancel)
         return scan, result
     result = asymmetry_maps(scan, None, [method], progress=progress, cancel=cancel)[method]
     return scan, result
