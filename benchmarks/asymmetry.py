@@ -157,6 +157,53 @@ def _candidates(mask: np.ndarray, base: np.ndarray, sp, plane) -> tuple[np.ndarr
     return cand, depth[ok], pd[ok]
 
 
+def lesion_cases(rel: str, fi: int, seed: int, per_volume: int, negatives: int):
+    """Yield the benchmark's scans of one volume: ``negatives`` lesion-free copies, then
+    ``per_volume`` copies with one synthetic lesion each (seeded by ``[seed, fi]``).
+
+    Yields ``(scan, plane, lesion mask or None, its mirror or None, size mm, contrast)``.
+    The plane is estimated once, on the lesion-free volume, and shared by all its copies.
+    """
+    from scanqc.io.intensity import normalize
+    from scanqc.io.scan import Scan
+    from scanqc.scoring.asymmetry import _prepare_volume
+    from scanqc.scoring.midplane import estimate_midplane, mirror_volume
+
+    rng = np.random.default_rng([seed, fi])
+    scan = _load(rel)
+    g = scan.gray()
+    if g.ndim != 3:
+        return
+    sp = tuple(float(s) for s in scan.spacing)
+    base = normalize(g, scan.modality)
+    plane = estimate_midplane(base, sp)
+    mask = _prepare_volume(Scan(base, sp, scan.affine, "volume"), plane).mask
+    cand, depth, pdist = _candidates(mask, base, sp, plane)
+    order = rng.permutation(len(SIZES) * ((per_volume + len(SIZES) - 1) // len(SIZES)))
+    jobs: list[tuple[float, ...] | None] = [None] * negatives
+    for k in range(per_volume):
+        jobs.append((SIZES[order[k] % len(SIZES)],))
+    for job in jobs:
+        vol = base.copy()
+        les = mir_les = None
+        size = contrast = float("nan")
+        if job is not None:
+            size = job[0]
+            radii = size / 2 * rng.uniform(0.7, 1.3, size=3)
+            radii *= (size / 2) / np.exp(np.log(radii).mean())
+            contrast = float(rng.choice([-1, 1]) * rng.choice(CONTRASTS))
+            ok = (np.abs(pdist) > radii.max() + 5) & (depth > radii.max() + DEPTH_MM)
+            if not ok.any():
+                continue
+            c = cand[ok][rng.integers(ok.sum())]
+            les = _insert_lesion(vol, sp, c, radii, contrast)
+            mir_les = mirror_volume(les.astype(np.float32), plane, order=0) > 0.5
+        noise = float(rng.uniform(0.005, 0.02))
+        vol += rng.normal(0, noise, vol.shape).astype(np.float32)
+        yield Scan(np.clip(vol, 0, 1), sp, scan.affine, "volume"), plane, les, mir_les, size, \
+            contrast
+
+
 def bench(args: argparse.Namespace) -> int:
     """Run the synthetic-lesion benchmark and print a markdown table."""
     import os
@@ -165,11 +212,8 @@ def bench(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from scanqc.io.intensity import normalize
-    from scanqc.io.scan import Scan
     from scanqc.models.asymmetry_net import load_model
-    from scanqc.scoring.asymmetry import _prepare_volume, asymmetry_maps
-    from scanqc.scoring.midplane import estimate_midplane, mirror_volume
+    from scanqc.scoring.asymmetry import asymmetry_maps
 
     torch.set_num_threads(1)
     model = load_model(args.model)[0] if args.model else load_model()[0]
@@ -179,39 +223,8 @@ def bench(args: argparse.Namespace) -> int:
     t0 = time.time()
     load0 = os.getloadavg()
     for fi, rel in enumerate(files):
-        rng = np.random.default_rng([args.seed, fi])
-        scan = _load(rel)
-        g = scan.gray()
-        if g.ndim != 3:
-            continue
-        sp = tuple(float(s) for s in scan.spacing)
-        base = normalize(g, scan.modality)
-        # the plane is estimated once per volume, on the lesion-free copy, and shared
-        plane = estimate_midplane(base, sp)
-        mask = _prepare_volume(Scan(base, sp, scan.affine, "volume"), plane).mask
-        cand, depth, pdist = _candidates(mask, base, sp, plane)
-        order = rng.permutation(len(SIZES) * ((args.per_volume + len(SIZES) - 1) // len(SIZES)))
-        jobs: list[tuple[float, ...] | None] = [None] * args.negatives
-        for k in range(args.per_volume):
-            jobs.append((SIZES[order[k] % len(SIZES)],))
-        for job in jobs:
-            vol = base.copy()
-            les = mir_les = None
-            size = contrast = float("nan")
-            if job is not None:
-                size = job[0]
-                radii = size / 2 * rng.uniform(0.7, 1.3, size=3)
-                radii *= (size / 2) / np.exp(np.log(radii).mean())
-                contrast = float(rng.choice([-1, 1]) * rng.choice(CONTRASTS))
-                ok = (np.abs(pdist) > radii.max() + 5) & (depth > radii.max() + DEPTH_MM)
-                if not ok.any():
-                    continue
-                c = cand[ok][rng.integers(ok.sum())]
-                les = _insert_lesion(vol, sp, c, radii, contrast)
-                mir_les = mirror_volume(les.astype(np.float32), plane, order=0) > 0.5
-            noise = float(rng.uniform(0.005, 0.02))
-            vol += rng.normal(0, noise, vol.shape).astype(np.float32)
-            s = Scan(np.clip(vol, 0, 1), sp, scan.affine, "volume")
+        for s, plane, les, mir_les, size, contrast in lesion_cases(
+                rel, fi, args.seed, args.per_volume, args.negatives):
             t1 = time.time()
             res = asymmetry_maps(s, model, methods, plane=plane)
             took = time.time() - t1

@@ -607,11 +607,23 @@ def _demons(
     the skull base are displaced by a few millimetres. A smooth deformation of at most
     ``WARP_MAX_MM`` (Gaussian regularisation ``WARP_SIGMA_MM``) absorbs such displacements;
     a lesion is a change of intensity over a region that no small, smooth displacement can
-    explain, so it remains in the difference. Runs on a ``WARP_GRID_MM`` copy; the field is
-    interpolated back. Returns the warped ``moving`` (native grid).
+    explain, so it remains in the difference. Returns the warped ``moving`` (native grid).
     """
     if WARP_ITERS <= 0:
         return moving
+    coords = demons_coordinates(fixed, moving, sp)
+    return ndimage.map_coordinates(moving, coords, order=1, mode="nearest").astype(np.float32)
+
+
+def demons_coordinates(
+    fixed: np.ndarray, moving: np.ndarray, sp: Sequence[float]
+) -> np.ndarray:
+    """Sampling coordinates ``(ndim, *fixed.shape)`` of the demons warp of :func:`_demons`.
+
+    Runs on a ``WARP_GRID_MM`` copy; the displacement is interpolated back to the native
+    grid. ``map_coordinates(moving, coords)`` is the warped ``moving``; the same coordinates
+    warp any other volume on that grid the same way.
+    """
     fac = [min(1.0, s / WARP_GRID_MM) if n > 1 else 1.0
            for s, n in zip(sp, fixed.shape, strict=True)]
     f = ndimage.zoom(fixed, fac, order=1, prefilter=False)
@@ -639,8 +651,7 @@ def _demons(
     for ax in range(nd):
         scale = (fixed.shape[ax] - 1) / max(f.shape[ax] - 1, 1)
         un[ax] = ndimage.map_coordinates(u[ax], coords, order=1, mode="nearest") * scale
-    return ndimage.map_coordinates(moving, out_grid + un, order=1, mode="nearest").astype(
-        np.float32)
+    return out_grid + un
 
 
 def _presmooth(
