@@ -276,3 +276,25 @@ def test_projection_side_rule_picks_the_lesion_side(value: float) -> None:
     w = projection_side(la, lb, (a > 0.1) & (b > 0.1), sp, 3.0, 8.0)
     assert w[lesion].mean() > 0.6
     assert w[mirror_lesion].mean() < 0.4
+
+
+def test_demons_coordinates_warp_a_displaced_structure_and_reuse_on_other_volumes() -> None:
+    from scipy import ndimage
+
+    from scanqc.scoring.asymmetry import _demons, demons_coordinates
+
+    z, y, x = np.mgrid[0:24, 0:48, 0:48]
+    fixed = (np.sqrt((z - 12) ** 2 + (y - 24) ** 2 + (x - 20) ** 2) < 7).astype(np.float32)
+    fixed = ndimage.gaussian_filter(fixed, 1.0)
+    moving = np.roll(fixed, 3, axis=2)  # the same structure displaced by 3 mm
+    sp = (2.0, 1.0, 1.0)
+    coords = demons_coordinates(fixed, moving, sp)
+    assert coords.shape == (3, *fixed.shape)
+    warped = ndimage.map_coordinates(moving, coords, order=1, mode="nearest")
+    before = float(np.abs(moving - fixed).sum())
+    assert float(np.abs(warped - fixed).sum()) < 0.7 * before  # identity: 1.0
+    # _demons is the same warp, and the coordinates warp any volume on that grid alike
+    np.testing.assert_allclose(_demons(fixed, moving, sp), warped, atol=1e-6)
+    other = np.roll(fixed * 2.0, 3, axis=2)
+    np.testing.assert_allclose(ndimage.map_coordinates(other, coords, order=1, mode="nearest"),
+                               2.0 * warped, atol=1e-5)
