@@ -147,24 +147,45 @@ def _anomaly(vol: np.ndarray, fg: np.ndarray, sp, rng) -> np.ndarray:
     return out
 
 
-def training_sample(p: dict, rng) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented copy with 0-3 anomalies: ``(features float16, target bool)``."""
+def _deform(vol: np.ndarray, sp, rng, amplitude_mm: float, scale_mm: float = 12.0) -> np.ndarray:
+    """``vol`` under a random smooth displacement of at most ``amplitude_mm`` (not symmetric
+    about the plane: the two sides move differently, like natural left-right variation)."""
+    grid = np.indices(vol.shape, dtype=np.float32)
+    for ax in range(3):
+        d = ndimage.gaussian_filter(rng.normal(size=vol.shape), [scale_mm / s for s in sp])
+        d *= rng.uniform(0.3, 1.0) * amplitude_mm / (np.abs(d).max() + 1e-9) / sp[ax]
+        grid[ax] += d.astype(np.float32)
+    return ndimage.map_coordinates(vol, grid, order=1, mode="nearest").astype(np.float32)
+
+
+def training_sample(p: dict, rng, deform_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented copy with 0-3 anomalies: ``(features float16, target bool)``.
+
+    With ``deform_mm`` > 0 the copy is first deformed (:func:`_deform`) and the pipeline's
+    mask and demons warp are computed again for it, as the pipeline would.
+    """
+    from scanqc.scoring import asymmetry as A
     from scanqc.scoring.midplane import mirror_volume
 
     prep = p["prep"]
-    sp, fg = prep.spacing, prep.mask
+    sp, fg, coords = prep.spacing, prep.mask, p["coords"]
     vol = np.clip(prep.norm, 0, None) ** rng.uniform(0.75, 1.35)
     bias = ndimage.zoom(rng.normal(0, 1, (3, 3, 3)), [n / 3 for n in vol.shape], order=1)
     if bias.shape == vol.shape:
         vol = vol * (1 + rng.uniform(0, 0.12) * bias)
     vol = vol.astype(np.float32)
+    if deform_mm > 0:
+        vol = _deform(vol, sp, rng, deform_mm)
+        head = A._foreground(vol)
+        fg = head & (mirror_volume(head.astype(np.float32), prep.plane, spacing=sp) > 0.5)
+        coords = A.demons_coordinates(vol, mirror_volume(vol, prep.plane, spacing=sp), sp)
     target = np.zeros(vol.shape, bool)
     for _ in range(rng.choice([0, 1, 1, 2, 3])):
         target |= _anomaly(vol, fg, sp, rng)
     vol = np.clip(vol + rng.normal(0, rng.uniform(0.0, 0.03), vol.shape), 0, None)
     vol = vol.astype(np.float32)
     mir = mirror_volume(vol, prep.plane, spacing=sp)
-    warped = ndimage.map_coordinates(mir, p["coords"], order=1, mode="nearest")
+    warped = ndimage.map_coordinates(mir, coords, order=1, mode="nearest")
     x = features(vol, warped.astype(np.float32), fg, sp)
     return x.astype(np.float16), _to_net((target & fg).astype(np.float32), sp) > 0.5
 
@@ -279,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--per-volume", type=int, default=16)
     ap.add_argument("--negatives", type=int, default=4)
+    ap.add_argument("--deform", type=float, default=0.0,
+                    help="random smooth deformation (mm) of each training copy")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
     if args.eval in args.train or args.eval in bench.EVAL_ONLY:
@@ -289,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, rel in enumerate(args.train):
         p = _prepare(rel)
         rng = np.random.default_rng([7, i])
-        samples += [training_sample(p, rng) for _ in range(args.samples)]
+        samples += [training_sample(p, rng, args.deform) for _ in range(args.samples)]
         print(f"{rel}: {args.samples} training copies ({time.time() - t0:.0f}s)", file=sys.stderr)
     net = train(samples, args.steps)
     del samples
