@@ -189,7 +189,7 @@ class PeakRSS:
 
 def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
     """Seconds, scans read, peak RSS and CPU seconds for discover + load_scan."""
-    from scanqc.batch.engine import LocalRunner, _common_root_paths
+    from scanqc.batch.engine import LocalRunner, _common_root_paths, largest_first
     from scanqc.batch.pipeline import read_only
     from scanqc.io.discover import discover
 
@@ -198,7 +198,8 @@ def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
         root = _common_root_paths(paths)
         entries = [e for e in discover([str(p) for p in paths], root=root) if e.status == "ok"]
         runner = LocalRunner(workers, {}, 600, 4 * workers + 2, fn=read_only)
-        queue, n = list(entries), 0
+        # the engine's order (largest first): both timings get the same scheduling
+        queue, n = largest_first(entries)[::-1], 0
         try:
             while queue or runner.busy():
                 while queue and runner.accepting():

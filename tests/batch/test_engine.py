@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -292,3 +293,39 @@ def test_missing_model_fails_before_reading(tmp_path):
         score_all([root], config=config(encoder=None, model_name="no-such-model"),
                   prepare=counting_prepare)
     assert CALLS == []
+
+
+def test_largest_first_orders_by_bytes_on_disk(tmp_path):
+    from scanqc.batch.engine import largest_first
+
+    def entry(name, sizes):
+        paths = []
+        for i, n in enumerate(sizes):
+            p = tmp_path / f"{name}_{i}"
+            p.write_bytes(b"x" * n)
+            paths.append(str(p))
+        return ScanEntry(name, tuple(paths), "image", "png")
+
+    small, series, big, tie = entry("small", [10]), entry("series", [300, 300]), \
+        entry("big", [500]), entry("tie", [10])
+    gone = ScanEntry("gone", (str(tmp_path / "missing"),), "image", "png")
+    order = largest_first([small, gone, series, big, tie])
+    assert [e.scan_id for e in order] == ["series", "big", "small", "tie", "gone"]
+
+
+def test_parallel_runs_submit_the_largest_scans_first(tmp_path, monkeypatch):
+    from scanqc.batch import engine
+
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=3, corrupt=False)
+    submitted: list[str] = []
+    original = engine.LocalRunner.submit
+
+    def record(self, entry):
+        submitted.append(entry.path)
+        original(self, entry)
+
+    monkeypatch.setattr(engine.LocalRunner, "submit", record)
+    rows = score_all([root], config=config(workers=2))
+    sizes = [os.path.getsize(p) for p in submitted]
+    assert len(submitted) == len(rows) == 6
+    assert sizes == sorted(sizes, reverse=True)

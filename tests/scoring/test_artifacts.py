@@ -193,3 +193,38 @@ def test_acquisition_measures_only_for_mr_and_volumes():
     mr_slice = Scan(radiograph.data, (1.0, 1.0), np.eye(4), "mr.dcm", modality="MR")
     assert A.applies_to(mr_slice) and A.applies_to(mr(vol))
     assert quality_metrics(mr_slice)["kspace_roughness"] > 0.05  # the ghost is seen
+
+
+def _roughness_float64(planes):
+    """The measure computed in float64 with numpy's FFT (the definition, for reference)."""
+    p = np.asarray(planes, dtype=np.float64)
+    best = math.nan
+    for axis in (1, 2):
+        step = max(1, math.ceil(p.shape[3 - axis] / A.MAX_LINES))
+        sl = [slice(None)] * 3
+        sl[3 - axis] = slice(None, None, step)
+        x = p[tuple(sl)]
+        f = max(1, math.ceil(x.shape[axis] / A.MAX_SIZE))
+        if f > 1:
+            n = (x.shape[axis] // f) * f
+            sl = [slice(None)] * 3
+            sl[axis] = slice(0, n)
+            shape = list(x[tuple(sl)].shape)
+            shape[axis:axis + 1] = [n // f, f]
+            x = x[tuple(sl)].reshape(shape).mean(axis=axis + 1)
+        spec = np.fft.rfft(x - x.mean(), axis=axis)
+        power = (np.abs(spec) ** 2).sum(axis=(0, 3 - axis))
+        log_p = np.log10(power + power.max() * 1e-12)
+        value = float(np.abs(log_p[2:-1] - 0.5 * (log_p[1:-2] + log_p[3:])).mean())
+        best = value if math.isnan(best) else max(best, value)
+    return best
+
+
+@pytest.mark.parametrize("shape", [(4, 96, 80), (3, 600, 300)])
+def test_float32_kspace_measure_matches_the_float64_definition(shape):
+    vol = phantom(shape, seed=2)
+    for planes in (vol, ghosted(vol, n=3)):
+        assert A.line_power_roughness(planes) == pytest.approx(_roughness_float64(planes),
+                                                               rel=1e-4)
+    assert A.line_power_roughness(vol.astype(np.int16)) == pytest.approx(
+        _roughness_float64(vol), rel=1e-4)

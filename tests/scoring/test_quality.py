@@ -184,3 +184,36 @@ def test_check_scan_returns_warnings_and_metrics():
     assert m == quality.quality_metrics(dx(img))
     ws, m = check_scan(dx(np.full((16, 16), 3, np.uint16)))
     assert "constant_image" in codes(ws) and isinstance(m, dict)
+
+
+def _loop_neighbour_correlation(win):
+    """The per-slice loop :func:`neighbour_correlation` replaced (reference)."""
+    vals = []
+    if win.shape[0] > 6:
+        win = win[np.linspace(0, win.shape[0] - 1, 6).round().astype(int)]
+    for img in win:
+        if float(img.std()) < 1e-6:
+            continue
+        for a, b in ((img[1:, :], img[:-1, :]), (img[:, 1:], img[:, :-1])):
+            a0, b0 = a - a.mean(), b - b.mean()
+            den = np.sqrt(float((a0 * a0).sum()) * float((b0 * b0).sum()))
+            if den > 0:
+                vals.append(float((a0 * b0).sum()) / den)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def test_neighbour_correlation_equals_per_slice_loop_and_skips_constant_slices():
+    from scanqc.scoring.quality import neighbour_correlation
+
+    rng = np.random.default_rng(3)
+    smooth = ndi.gaussian_filter(rng.random((10, 40, 50)), (0, 2, 2)).astype(np.float32)
+    noise = rng.random((10, 40, 50)).astype(np.float32)
+    stack = np.where(np.arange(10)[:, None, None] % 2 == 0, smooth, noise)
+    stack[4] = 0.5  # constant slice: no correlation, skipped
+    for win in (stack, smooth, noise, stack[:3], stack[0]):
+        w3 = win[None] if win.ndim == 2 else win
+        assert neighbour_correlation(win) == pytest.approx(_loop_neighbour_correlation(w3),
+                                                           rel=1e-5)
+    assert neighbour_correlation(smooth) > 0.9 > 0.1 > abs(neighbour_correlation(noise))
+    assert np.isnan(neighbour_correlation(np.full((3, 8, 8), 0.2, np.float32)))
+    assert np.isnan(neighbour_correlation(np.zeros((2, 2, 8), np.float32)))

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from scanqc.io.intensity import CT_WINDOW, looks_like_hounsfield, normalize, robust_window
 from scanqc.io.scan import Scan
+from scanqc.scoring.order_stats import percentile
 
 #: In-plane size (pixels) of the downsampled copy of a volume.
 MAX_INPLANE = 64
@@ -284,7 +285,7 @@ def prepare(scan: Scan) -> CheckData:
         thr = otsu_threshold(wsample)
         # Otsu on data with large empty background can sit high inside tissue: use the
         # midpoint between the background level and Otsu's threshold.
-        bg = float(np.percentile(wsample, 5))
+        bg = percentile(wsample, 5)
         thr = max(bg + 0.5 * (thr - bg), bg + 0.02)
     mask = body_mask(win, thr) if win.size else np.zeros_like(win, bool)
     return CheckData(

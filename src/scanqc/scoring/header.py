@@ -8,6 +8,7 @@ import numpy as np
 
 from scanqc.io.scan import Scan, ScanWarning
 from scanqc.scoring.body_mask import CheckData, meta_get, meta_text, prepare
+from scanqc.scoring.order_stats import percentiles
 
 #: Region classes shared with the region classifier.
 REGIONS: tuple[str, ...] = (
@@ -83,7 +84,7 @@ def hounsfield_plausible(data: np.ndarray) -> bool:
     s = _sample(data)
     if s.size == 0:
         return False
-    p1, p5, p99 = np.percentile(s, [1, 5, 99])
+    p1, p5, p99 = percentiles(s, [1, 5, 99])
     if p99 >= 4000 or p99 <= -200:
         return False
     if p1 <= -500:

@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 from scanqc.io.scan import Scan, ScanWarning
 from scanqc.scoring.body_mask import CheckData, dilate_cross, meta_get, prepare
 from scanqc.scoring.fov import is_projection
+from scanqc.scoring.order_stats import percentiles
 
 #: cleanvision thresholds (on the bit-depth scale).
 DARK_P99 = 0.32
@@ -107,17 +108,23 @@ def entropy_bits(win: np.ndarray) -> float:
 
 def neighbour_correlation(win: np.ndarray) -> float:
     """Mean lag-1 correlation between neighbouring pixels (rows and columns)."""
-    vals = []
+    if win.ndim == 2:
+        win = win[None]
     if win.shape[0] > 6:
         win = win[np.linspace(0, win.shape[0] - 1, 6).round().astype(int)]
-    for img in win:
-        if img.shape[0] < 3 or img.shape[1] < 3 or float(img.std()) < 1e-6:
-            continue
-        for a, b in ((img[1:, :], img[:-1, :]), (img[:, 1:], img[:, :-1])):
-            a0, b0 = a - a.mean(), b - b.mean()
-            den = math.sqrt(float((a0 * a0).sum()) * float((b0 * b0).sum()))
-            if den > 0:
-                vals.append(float((a0 * b0).sum()) / den)
+    if win.shape[1] < 3 or win.shape[2] < 3:
+        return float("nan")
+    flat = win.reshape(win.shape[0], -1)
+    win = win[flat.std(axis=1) >= 1e-6]  # constant slices have no correlation
+    vals = []
+    # all kept slices at once: per slice sums over the two in-plane axes
+    for a, b in ((win[:, 1:, :], win[:, :-1, :]), (win[:, :, 1:], win[:, :, :-1])):
+        a0 = a - a.mean(axis=(1, 2), keepdims=True)
+        b0 = b - b.mean(axis=(1, 2), keepdims=True)
+        den = np.sqrt((a0 * a0).sum(axis=(1, 2), dtype=np.float64)
+                      * (b0 * b0).sum(axis=(1, 2), dtype=np.float64))
+        num = (a0 * b0).sum(axis=(1, 2), dtype=np.float64)
+        vals.extend((num[den > 0] / den[den > 0]).tolist())
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -130,7 +137,9 @@ def blur_score(img: np.ndarray, size: int = 128) -> float:
     independent of the window and of the bit depth.
     """
     step = max(1, int(math.ceil(max(img.shape) / size)))
-    small = ndi.uniform_filter(img.astype(np.float32), size=step)[::step, ::step]
+    small = img.astype(np.float32)  # a 1-pixel uniform filter is the identity
+    if step > 1:
+        small = ndi.uniform_filter(small, size=step)[::step, ::step]
     sd = float(small.std())
     if sd <= 1e-6 or min(small.shape) < 3:
         return float("nan")
@@ -225,7 +234,7 @@ def quality_metrics(scan: Scan, data: CheckData | None = None) -> dict[str, floa
     lo, hi = bit_depth_range(scan, d.raw)
     # = _sub(_bit_scaled(scan, d)): the scaling is element-wise, so only the sample is scaled
     bit = _sub(d.win) if d.hounsfield else np.clip((_sub(d.raw) - lo) / (hi - lo), 0, 1)
-    p01, p05, p99 = (float(v) for v in np.percentile(bit, [1, 5, 99]))
+    p01, p05, p99 = percentiles(bit, [1, 5, 99])
     m["p01_bit"], m["p05_bit"], m["p99_bit"] = p01, p05, p99
     # CT in HU has no bit-depth ceiling worth checking (metal reaches the top legitimately).
     m["clipped_high"] = 0.0 if d.hounsfield else float(np.mean(d.raw >= hi))
@@ -393,7 +402,7 @@ def check_derived_map(scan: Scan, data: CheckData | None = None) -> list[ScanWar
     nz = v[v != 0]
     if nz.size < 10:
         return []
-    p1, med, p99 = np.percentile(nz, [1, 50, 99])
+    p1, med, p99 = percentiles(nz, [1, 50, 99])
     spread = float(p99 - p1)
     if spread > 0 and abs(float(med)) / spread < DERIVED_CENTRE and p1 < 0 < p99:
         return [ScanWarning("derived_map", f"values centred on zero with {neg:.0%} negative: "
