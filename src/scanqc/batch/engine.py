@@ -348,7 +348,9 @@ def largest_first(entries: Sequence[ScanEntry]) -> list[ScanEntry]:
     Parallel runs hand scans to the workers in this order (longest-processing-time-first
     scheduling): the few long scans of a folder (a large series, a big volume) start early
     instead of keeping one worker busy at the end while the others idle. On
-    ../shared/data this shortens a two-worker run by about 6 %. Unreadable sizes count as 0.
+    ../shared/data (a few large series among many small files) a two-worker run took 5.8 s
+    instead of 6.1 s (medians of 4); a folder of equal-sized scans gains nothing. Unreadable
+    sizes count as 0.
     """
 
     def size(entry: ScanEntry) -> int:
