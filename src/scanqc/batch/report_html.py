@@ -32,6 +32,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
+td.wrap{overflow-wrap:anywhere} td.name{min-width:16em} th{white-space:nowrap}
 tr.flagged{background:#fff1f0} tr.error{background:#fffbe6} tr.skipped{color:#888}
 .counts span{display:inline-block;margin-right:1.5em;font-size:15px}
 img.thumb{width:96px;height:96px;object-fit:contain;background:#000;margin-right:2px}
@@ -223,12 +224,13 @@ def write_html_report(
             region = f"{region} (header: {row.get('header_region') or '?'})"
         parts.append(
             f"<tr class='{_esc(cls)}'><td>{imgs}</td>"
-            f"<td><a href='{_esc(href)}'>{_esc(row.get('name') or row.get('path'))}</a>"
+            f"<td class='wrap name'><a href='{_esc(href)}'>{_esc(row.get('name') or row.get('path'))}</a>"
             f"<div class='small'>{_esc(row.get('path'))} &middot; {_esc(row.get('kind'))} "
             f"{_esc(row.get('modality'))} {_esc(row.get('shape'))}</div></td>"
             f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"
             f"<td>{_esc(row.get('bad_score'))}</td><td>{_esc(row.get(col))}</td>"
-            f"<td><b>{_esc(row.get('warnings'))}</b><div class='small'>{_esc(detail)}</div></td>"
+            f"<td class='wrap'><b>{_esc(row.get('warnings'))}</b>"
+            f"<div class='small'>{_esc(detail)}</div></td>"
             f"<td>{_esc(region)}</td>"
             + (f"<td>{_esc(_fmt_float(row.get('asymmetry_score')))}</td>" if has_asym else "")
             + "</tr>"
