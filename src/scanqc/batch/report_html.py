@@ -224,7 +224,8 @@ def write_html_report(
             region = f"{region} (header: {row.get('header_region') or '?'})"
         parts.append(
             f"<tr class='{_esc(cls)}'><td>{imgs}</td>"
-            f"<td class='wrap name'><a href='{_esc(href)}'>{_esc(row.get('name') or row.get('path'))}</a>"
+            f"<td class='wrap name'><a href='{_esc(href)}'>"
+            f"{_esc(row.get('name') or row.get('path'))}</a>"
             f"<div class='small'>{_esc(row.get('path'))} &middot; {_esc(row.get('kind'))} "
             f"{_esc(row.get('modality'))} {_esc(row.get('shape'))}</div></td>"
             f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"
