@@ -57,8 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--html", type=Path, default=None, metavar="REPORT.html",
                    help="also write a self-contained HTML report")
     p.add_argument("--workers", "-j", type=int, default=_default_workers(),
-                   help="worker processes reading scans (0: no subprocess; default: one per CPU, at "
-                        "most 8: %(default)s here)")
+                   help="worker processes reading scans (0: no subprocess; default: one per "
+                        "CPU, at most 8: %(default)s here)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
                    help="run the per-scan work on Dask: a scheduler address, or 'local' for a "
                         "LocalCluster of --workers processes")
