@@ -54,4 +54,3 @@ def percentiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
 def percentile(values: np.ndarray, q: float) -> float:
     """One percentile (see :func:`percentiles`)."""
     return percentiles(values, [q])[0]
-
