@@ -98,7 +98,8 @@ def radiographs(data_root: Path, n: int) -> list[Scan]:
     return [load_scan(data_root / "region_xr_v1" / f) for f in files[:n]]
 
 
-def fit_references(refs: list[Scan], encoder, epochs: int) -> tuple[object, object, dict]:
+def fit_references(refs: list[Scan], encoder, epochs: int, device: str = "cpu",
+                   ) -> tuple[object, object, dict]:
     """Fit the head and build the reference set; return ``(head, set, seconds by step)``."""
     from scanqc.models.encoder import embed_slices, pool_slices
     from scanqc.models.preprocess import scan_to_slices
@@ -117,7 +118,7 @@ def fit_references(refs: list[Scan], encoder, epochs: int) -> tuple[object, obje
     base = [embed_slices(encoder, s) for s in slices]
     t["embed"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    head = fit_reference_model(base, encoder=encoder, epochs=epochs, device="cpu", seed=0)
+    head = fit_reference_model(base, encoder=encoder, epochs=epochs, device=device, seed=0)
     t["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     sv = [head.embed(b) for b in base]
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--epochs", type=int, default=60, help="head steps (product default 60)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the encoder and the head run (GPU checks)")
     a = p.parse_args(argv)
     import torch
 
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(a.data)
     t0 = time.perf_counter()
-    encoder = load_encoder("encoder", device="cpu")
+    encoder = load_encoder("encoder", device=a.device)
     t_load = time.perf_counter() - t0
     from scanqc.models.encoder import embed_slices
 
@@ -198,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     xr = radiographs(data, 20)
     if len(xr) == 20:
-        _h, _rs, t = fit_references(xr, encoder, a.epochs)
+        _h, _rs, t = fit_references(xr, encoder, a.epochs, a.device)
         rows.append(("fit 20 references: knee radiographs (2D)", t))
     vols = [synthetic_volume(i) for i in range(20)]
-    head, rs, t = fit_references(vols, encoder, a.epochs)
+    head, rs, t = fit_references(vols, encoder, a.epochs, a.device)
     rows.append((f"fit 20 references: volumes {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} "
                  "(64 slices each)", t))
     del vols
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             else sys.argv[1:])
     print(f"Command: `{cmd.strip()}`\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {a.threads} torch thread(s); load average {_load()} at the "
+          f"{torch.__version__}, device {a.device}, {a.threads} torch thread(s); load "
+          f"average {_load()} at the "
           f"end; encoder {meta.get('training', {}).get('epochs')} epochs (sha256 "
           f"{str(meta.get('sha256'))[:12]}), loaded in {t_load:.2f} s + first forward pass "
           f"(64 slices) {t_warm:.2f} s, not counted below; median of "

@@ -217,11 +217,12 @@ def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
 
 
 def time_score(paths: list[Path], workers: int, max_slices: int, size: int,
-               encoder: object | None) -> tuple[float, int, int, dict, float]:
+               encoder: object | None, device: str = "cpu",
+               ) -> tuple[float, int, int, dict, float]:
     """Seconds, rows, peak RSS, row counts by status and CPU seconds of the full engine."""
     from scanqc.batch.engine import ScoreConfig, score
 
-    cfg = ScoreConfig(workers=workers, device="cpu", max_slices=max_slices, size=size,
+    cfg = ScoreConfig(workers=workers, device=device, max_slices=max_slices, size=size,
                       encoder=encoder)
     stats = {"ok": 0, "error": 0, "skipped": 0}
     with PeakRSS() as mem:
@@ -297,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-slices", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--model", default="encoder")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where the engine embeds (the read baseline is the same either way)")
     ap.add_argument("--json", type=Path, default=None, help="append results to this file")
     ap.add_argument("--repeat", type=int, default=1,
                     help="read/score pairs per dataset, alternating; the table gives the pair "
@@ -306,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _load()
     encoder, enc_desc = _encoder(args.model)
     warm_forkserver()
-    print(f"# encoder: {enc_desc}; workers={args.workers}, cpu={os.cpu_count()}, "
+    print(f"# encoder: {enc_desc}; device={args.device}, workers={args.workers}, "
+          f"cpu={os.cpu_count()}, "
           f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
     sets: list[tuple[str, list[Path]]] = [(f"synthetic-{n}", [generate(n)]) for n in args.sizes]
     sets += [(f"clinical-{n}", [generate_clinical(n)]) for n in args.clinical]
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = []
         for _ in range(max(1, args.repeat)):
             rd = time_read(paths, args.workers)
-            sc = time_score(paths, args.workers, args.max_slices, args.size, encoder)
+            sc = time_score(paths, args.workers, args.max_slices, args.size, encoder,
+                            args.device)
             pairs.append((sc[0] / rd[0], rd, sc))
         ratios = sorted(p[0] for p in pairs)
         _, (t_read, n_read, mem_read, cpu_read), (t_score, n_rows, mem_score, stats,
@@ -334,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio": round(cpu_score / max(cpu_read, 1e-9), 2),
             "peak_rss_mb_read": round(mem_read / 2**20), "peak_rss_mb": round(mem_score / 2**20),
             "status": stats, "workers": args.workers, "encoder": enc_desc.split(" (")[0],
+            "device": args.device,
             "load": f"{load0} -> {_load()}",
             "ratios": [round(r, 2) for r in ratios],
         }
@@ -350,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(results))
     print(f"\ncommand: python benchmarks/throughput.py {' '.join(argv or sys.argv[1:])}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, encoder {enc_desc.split(' (')[0]}; load average "
+          f"torch {torch.__version__}, "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
+          f"device {args.device}, encoder {enc_desc.split(' (')[0]}; load average "
           f"(1/5/15 min) before {load_before}, after {_load()}")
     return 0
 

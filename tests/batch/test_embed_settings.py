@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from batch import config, make_dataset
@@ -33,3 +34,22 @@ def test_forward_batch_does_not_change_embeddings():
     b = Embedder(config(forward_batch=64)).embed(slices)
     assert a.shape == b.shape == (37, a.shape[1])
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_score_rows_agree_on_cpu_and_cuda(tmp_path):
+    """The engine is device-agnostic: the same report on the GPU, within float tolerance."""
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=2, corrupt=True, odd=1)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(2)]
+    rows = {}
+    for device in ("cpu", "cuda"):
+        out = score_all([root], references=refs, config=config(workers=0, device=device))
+        rows[device] = {r["scan_id"]: r for r in out}
+    assert rows["cpu"].keys() == rows["cuda"].keys()
+    for sid, cpu in rows["cpu"].items():
+        gpu = rows["cuda"][sid]
+        assert gpu["status"] == cpu["status"] and gpu["warnings"] == cpu["warnings"]
+        if cpu["status"] == "ok":
+            assert gpu["flagged"] == cpu["flagged"]
+            np.testing.assert_allclose(gpu["bad_score"], cpu["bad_score"], atol=1e-4)
+            np.testing.assert_allclose(gpu["mean_distance"], cpu["mean_distance"], atol=1e-4)
