@@ -503,3 +503,25 @@ def test_manifest_dicom_rows(shared_data: Path) -> None:
         else:
             assert scan.data.size > 0 and np.isfinite(scan.data).all()
     assert _sha(paths) == before
+
+
+def test_quiet_nests_and_restores_pydicom_settings():
+    import warnings
+
+    from pydicom import config
+
+    from scanqc.io.dicom import _quiet
+
+    before = config.settings.reading_validation_mode
+    with _quiet():
+        assert config.settings.reading_validation_mode == config.IGNORE
+        with _quiet():
+            warnings.warn("silenced", UserWarning, stacklevel=1)  # no error, no output
+            assert config.settings.reading_validation_mode == config.IGNORE
+        assert config.settings.reading_validation_mode == config.IGNORE  # inner left it
+    assert config.settings.reading_validation_mode == before
+    with pytest.raises(ValueError), _quiet(), _quiet():
+        raise ValueError("propagates")
+    assert config.settings.reading_validation_mode == before
+    with _quiet():  # usable again after an exception inside a nested use
+        assert config.settings.reading_validation_mode == config.IGNORE
