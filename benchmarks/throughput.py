@@ -17,8 +17,10 @@ is started before anything is timed, so that neither the first read nor the firs
 pays for it.
 
 Synthetic datasets (small NIfTI volumes 24x64x64 + 64x64 PNG radiographs, 70/30) are
-generated once under ``/tmp/scanqc_bench/v2/<n>``. ``--real`` adds the files of
-../shared/data. A markdown table, the command and the machine facts (CPUs, load average
+generated once under ``/tmp/scanqc_bench/v2/<n>``. ``--clinical N`` adds scans of clinical
+size (48 x 256 x 256 gzip NIfTI and 2048 x 2048 DICOM radiographs), ``--dicom-series N``
+adds N MR series of 100 uncompressed 256 x 256 DICOM slices (the form of most archives), and
+``--real`` the files of ../shared/data. A markdown table, the command and the machine facts (CPUs, load average
 before and after) are printed at the end.
 
 ``--repeat N`` alternates N read/score pairs per dataset and reports the pair with the
@@ -131,6 +133,56 @@ def generate_clinical(n: int, root: Path = BENCH_ROOT) -> Path:
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
             ds.PixelData = im.tobytes()
             ds.save_as(sub / f"s{i:05d}.dcm", enforce_file_format=True)
+    marker.write_text("ok")
+    return out
+
+
+def generate_dicom_series(n: int, slices: int = 100, root: Path = BENCH_ROOT) -> Path:
+    """Write ``n`` synthetic MR series of ``slices`` uncompressed DICOM files each, once.
+
+    The commonest form of an imaging archive: one file per slice, 256 x 256, 16 bits
+    allocated and 12 stored, 1 x 1 x 3 mm, axial, the same ellipsoid head phantom as
+    :func:`generate_clinical` (positions and orientation in the headers, so that the files
+    group into one series per folder).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    out = root / f"dicom-series-{n}x{slices}"
+    marker = out / ".complete"
+    if marker.exists():
+        return out
+    rng = np.random.default_rng(20_000 + n)
+    y, x = np.ogrid[0:256, 0:256]
+    for i in range(n):
+        sub = out / f"series{i:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        study, series = generate_uid(), generate_uid()
+        cy, cx = 128 + rng.integers(-10, 11), 128 + rng.integers(-10, 11)
+        for k in range(slices):
+            dz = (k - slices / 2) / (slices / 2 * 0.8)
+            r2 = ((y - cy) / 100.0) ** 2 + ((x - cx) / 85.0) ** 2 + dz**2
+            im = np.where(r2 < 1, 600 + 300 * np.cos(6 * r2), 0.0)
+            im = np.clip(im + 15 * rng.standard_normal((256, 256)), 0, 4095).astype(np.uint16)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.SeriesDescription = "MR", "T1 AX"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.PixelSpacing, ds.SliceThickness = ["1", "1"], "3"
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows, ds.Columns = im.shape
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = im.tobytes()
+            ds.save_as(sub / f"{k:04d}.dcm", enforce_file_format=True)
     marker.write_text("ok")
     return out
 
@@ -294,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="also ../shared/data")
     ap.add_argument("--clinical", type=int, nargs="*", default=[],
                     help="also N synthetic scans of clinical size (see generate_clinical)")
+    ap.add_argument("--dicom-series", type=int, nargs="*", default=[],
+                    help="also N synthetic MR series of 100 DICOM slices (see "
+                         "generate_dicom_series)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-slices", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
@@ -314,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
           f"max_slices={args.max_slices}, size={args.size}", file=sys.stderr)
     sets: list[tuple[str, list[Path]]] = [(f"synthetic-{n}", [generate(n)]) for n in args.sizes]
     sets += [(f"clinical-{n}", [generate_clinical(n)]) for n in args.clinical]
+    sets += [(f"dicom-series-{n}x100", [generate_dicom_series(n)]) for n in args.dicom_series]
     if args.real and (SHARED / "manifest.csv").exists():
         sets.append(("shared-data", [SHARED]))
     results = []
