@@ -20,8 +20,8 @@ Synthetic datasets (small NIfTI volumes 24x64x64 + 64x64 PNG radiographs, 70/30)
 generated once under ``/tmp/scanqc_bench/v2/<n>``. ``--clinical N`` adds scans of clinical
 size (48 x 256 x 256 gzip NIfTI and 2048 x 2048 DICOM radiographs), ``--dicom-series N``
 adds N MR series of 100 uncompressed 256 x 256 DICOM slices (the form of most archives), and
-``--real`` the files of ../shared/data. A markdown table, the command and the machine facts (CPUs, load average
-before and after) are printed at the end.
+``--real`` the files of ../shared/data. A markdown table, the command and the machine facts
+(CPUs, load average before and after) are printed at the end.
 
 ``--repeat N`` alternates N read/score pairs per dataset and reports the pair with the
 median ratio and the range: on this shared 2-CPU machine the speed of one run drifts by
@@ -245,15 +245,16 @@ class PeakRSS:
 
 
 def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
-    """Seconds, scans read, peak RSS and CPU seconds for discover + load_scan."""
+    """Seconds, scans read, peak RSS and CPU seconds for discovery + load_scan."""
+    from scanqc.batch.discovery import discover_parallel
     from scanqc.batch.engine import LocalRunner, _common_root_paths, largest_first
     from scanqc.batch.pipeline import read_only
-    from scanqc.io.discover import discover
 
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         root = _common_root_paths(paths)
-        entries = [e for e in discover([str(p) for p in paths], root=root) if e.status == "ok"]
+        # the engine's discovery (large folders: headers read in the worker processes)
+        entries = [e for e in discover_parallel(paths, root, workers) if e.status == "ok"]
         runner = LocalRunner(workers, {}, 600, 4 * workers + 2, fn=read_only)
         # the engine's order (largest first): both timings get the same scheduling
         queue, n = largest_first(entries)[::-1], 0

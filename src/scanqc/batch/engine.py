@@ -875,7 +875,11 @@ class _Run:
             self.root = self.config.root or _common_root(entries)
         else:
             self.root = self.config.root or _common_root_paths(items)
-            entries = _discover(items, self.root, self.progress, self.cancel)
+            from scanqc.batch.discovery import discover_parallel
+
+            # large folders: headers read in worker processes (the same entries)
+            entries = discover_parallel(items, self.root, self.config.workers, self.progress,
+                                        self.cancel)
         self.total, self.done = len(entries), 0
         report(self.progress, 0, self.total, "scoring")
         use_cache = self.cache is not None

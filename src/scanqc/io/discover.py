@@ -44,7 +44,15 @@ NIFTI_AXES = ("S", "P", "L")
 
 
 @dataclass(frozen=True)
-class _Item:
+class FileItem:
+    """One file to classify.
+
+    Attributes:
+        path: The file.
+        root: The folder its display name is relative to.
+        explicit: The user named it (a named file that is not a scan gives an error entry).
+    """
+
     path: str
     root: str
     explicit: bool
@@ -77,9 +85,9 @@ def _error_entry(path: str, root: str, cause: str, fmt: str = "unknown") -> Scan
 
 def _walk(
     folder: str, root: str, errors: list[ScanEntry], cancel: CancelToken | None
-) -> list[_Item]:
+) -> list[FileItem]:
     """List the files under ``folder`` (sorted, hidden entries skipped, no loops)."""
-    items: list[_Item] = []
+    items: list[FileItem] = []
     visited: set[tuple[int, int]] = set()
     stack = [folder]
     while stack:
@@ -108,7 +116,7 @@ def _walk(
                 if e.is_dir(follow_symlinks=True):
                     subdirs.append(e.path)
                 elif e.is_file(follow_symlinks=True):
-                    items.append(_Item(e.path, root, False))
+                    items.append(FileItem(e.path, root, False))
                 elif e.is_symlink():
                     errors.append(_error_entry(e.path, root, "broken symbolic link"))
             except OSError as exc:
@@ -281,15 +289,15 @@ def _kind_of(path: str) -> str:
 def _explicit_items(
     paths: Iterable[str | os.PathLike], root: str | None, errors: list[ScanEntry],
     cancel: CancelToken | None,
-) -> list[_Item]:
-    items: list[_Item] = []
+) -> list[FileItem]:
+    items: list[FileItem] = []
     for p in paths:
         path = os.path.abspath(os.fspath(p))
         if os.path.isdir(path):
             items += _walk(path, os.path.abspath(root) if root else path, errors, cancel)
         elif os.path.isfile(path):
             base = os.path.abspath(root) if root else os.path.dirname(path)
-            items.append(_Item(path, base, True))
+            items.append(FileItem(path, base, True))
         else:
             base = os.path.abspath(root) if root else os.path.dirname(path)
             if os.path.lexists(path) and not os.path.islink(path):
@@ -348,18 +356,7 @@ def iter_discover(
     ``chunk_size`` while the files are read; DICOM series, which need all their files'
     headers, and folder errors come at the end. Arguments as :func:`discover`.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    errors: list[ScanEntry] = []
-    items = _explicit_items(paths, os.fspath(root) if root else None, errors, cancel)
-    # a file reachable twice (explicit and inside a walked folder) is read once
-    seen: set[str] = set()
-    unique: list[_Item] = []
-    for it in items:
-        real = os.path.realpath(it.path)
-        if real not in seen:
-            seen.add(real)
-            unique.append(it)
+    unique, errors = list_files(paths, root=root, cancel=cancel)
     chunk: list[ScanEntry] = []
     headers: dict[str, list[dicom.DicomHeader]] = {}
     total = len(unique)
@@ -373,19 +370,80 @@ def iter_discover(
                 yield chunk
                 chunk = []
     report(progress, total, total, "grouping DICOM series")
-    for base, hs in headers.items():
-        check(cancel)
-        try:
-            chunk += dicom.headers_to_entries(hs, root=base)
-        except Exception as exc:  # noqa: BLE001 - safety net: never raise for bad files
-            cause = " ".join(f"cannot group DICOM headers ({type(exc).__name__}: {exc})".split())
-            chunk += [_error_entry(h.path, base, cause[:200], "dicom") for h in hs]
+    chunk += _group_dicom(headers, cancel)
     chunk += errors
     for i in range(0, len(chunk), max(1, chunk_size)):
         yield chunk[i:i + chunk_size]
 
 
-def _classify(it: _Item, headers: dict[str, list[dicom.DicomHeader]]) -> ScanEntry | None:
+def list_files(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    root: str | os.PathLike | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[list[FileItem], list[ScanEntry]]:
+    """The files :func:`discover` reads, and the errors of missing paths and folders.
+
+    Folders are walked (see the module docstring); a file reachable twice (named and inside
+    a walked folder, or through a link) is listed once. Arguments as :func:`discover`.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    errors: list[ScanEntry] = []
+    items = _explicit_items(paths, os.fspath(root) if root else None, errors, cancel)
+    seen: set[str] = set()
+    unique: list[FileItem] = []
+    for it in items:
+        real = os.path.realpath(it.path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(it)
+    return unique, errors
+
+
+def discover_files(
+    items: Iterable[FileItem], cancel: CancelToken | None = None
+) -> tuple[list[ScanEntry], dict[str, list[str]]]:
+    """The entries of a share of :func:`list_files`' files, as :func:`discover` makes them.
+
+    Returns:
+        ``(entries, series)``: the entries (unsorted), and the DICOM files of each
+        SeriesInstanceUID among ``items``. A series whose files are all in one share gets
+        the same entries as from :func:`discover`; ``scanqc.batch.discovery`` reads the
+        shares in worker processes and groups a series found in several shares again.
+    """
+    entries: list[ScanEntry] = []
+    headers: dict[str, list[dicom.DicomHeader]] = {}
+    for it in items:
+        check(cancel)
+        entry = _classify(it, headers)
+        if entry is not None:
+            entries.append(entry)
+    series: dict[str, list[str]] = {}
+    for hs in headers.values():
+        for h in hs:
+            if h.series_uid:
+                series.setdefault(h.series_uid, []).append(h.path)
+    entries += _group_dicom(headers, cancel)
+    return entries, series
+
+
+def _group_dicom(
+    headers: dict[str, list[dicom.DicomHeader]], cancel: CancelToken | None
+) -> list[ScanEntry]:
+    """Series entries from the DICOM headers collected per root folder; never raises."""
+    out: list[ScanEntry] = []
+    for base, hs in headers.items():
+        check(cancel)
+        try:
+            out += dicom.headers_to_entries(hs, root=base)
+        except Exception as exc:  # noqa: BLE001 - safety net: never raise for bad files
+            cause = " ".join(f"cannot group DICOM headers ({type(exc).__name__}: {exc})".split())
+            out += [_error_entry(h.path, base, cause[:200], "dicom") for h in hs]
+    return out
+
+
+def _classify(it: FileItem, headers: dict[str, list[dicom.DicomHeader]]) -> ScanEntry | None:
     """Entry for one file, or None (DICOM header collected, or an ignored file)."""
     path, root = it.path, it.root
     try:
