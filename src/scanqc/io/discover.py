@@ -16,6 +16,9 @@ raises for a bad file; every problem becomes an entry with a one-line ``error``.
 
 :func:`iter_discover` yields the same entries in chunks as they are found (for a table that
 fills while a large folder is read); :func:`discover` returns them all, sorted.
+:func:`list_files` and :func:`discover_files` are its two halves (the files, then the entries
+of a share of them), for :mod:`scanqc.batch.discovery`, which reads shares in worker
+processes.
 """
 
 from __future__ import annotations
