@@ -12,8 +12,8 @@ grouped again in the main process from all its files. The result equals ``discov
 in the same order (tested).
 
 Small folders (fewer than :data:`MIN_FILES` files) and single-worker runs are read in the
-main process. A worker that dies makes the shares be read again in the main process, so a
-crash never loses a scan.
+main process. A worker that dies (or any other failure of the pool) makes the shares be
+read again in the main process, so a crash never loses a scan.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from scanqc.io import discover as disc
 from scanqc.io.scan import ScanEntry
-from scanqc.progress import CancelToken, ProgressCallback, check, report
+from scanqc.progress import Cancelled, CancelToken, ProgressCallback, check, report
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,11 @@ def discover_parallel(
     if workers >= 2 and len(items) >= MIN_FILES:
         try:
             results = _in_workers(shares, workers, len(items), progress, cancel, mp_context)
-        except BrokenProcessPool:
-            log.warning("a worker died while reading headers; reading them in one process")
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a dead worker too: never lose a scan
+            log.warning("discovery in worker processes failed (%s: %s); reading the headers "
+                        "in one process", type(exc).__name__, exc)
     if results is None:
         results, done = [], 0
         for share in shares:
