@@ -81,6 +81,27 @@ def generate(n: int, root: Path = BENCH_ROOT) -> Path:
     return out
 
 
+def _write_dicom(path: Path, im: np.ndarray, sop_class: str, **fields: object) -> None:
+    """Write a 16-bit (12 stored) uncompressed DICOM image with ``fields`` set."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    for key, value in fields.items():
+        setattr(ds, key, value)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = im.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = im.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
 def generate_clinical(n: int, root: Path = BENCH_ROOT) -> Path:
     """Write ``n`` synthetic scans of clinical size once.
 
@@ -91,8 +112,7 @@ def generate_clinical(n: int, root: Path = BENCH_ROOT) -> Path:
     ratio among realistic sizes.
     """
     import nibabel as nib
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     out = root / f"clinical-{n}"
     marker = out / ".complete"
@@ -117,22 +137,10 @@ def generate_clinical(n: int, root: Path = BENCH_ROOT) -> Path:
             r2 = ((yy - cy) / 800.0) ** 2 + ((xx - cx) / 600.0) ** 2
             im = np.where(r2 < 1, 2500 + 900 * np.cos(5 * r2), 300.0)
             im = np.clip(im + 40 * rng.standard_normal((2048, 2048)), 0, 4095).astype(np.uint16)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = meta.MediaStorageSOPClassUID
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.Modality, ds.BodyPartExamined = "DX", "CHEST"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows, ds.Columns = im.shape
-            ds.PixelSpacing = ["0.15", "0.15"]
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.PixelData = im.tobytes()
-            ds.save_as(sub / f"s{i:05d}.dcm", enforce_file_format=True)
+            _write_dicom(sub / f"s{i:05d}.dcm", im, "1.2.840.10008.5.1.4.1.1.1.1",  # DX
+                         Modality="DX", BodyPartExamined="CHEST",
+                         StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+                         PixelSpacing=["0.15", "0.15"])
     marker.write_text("ok")
     return out
 
@@ -145,8 +153,7 @@ def generate_dicom_series(n: int, slices: int = 100, root: Path = BENCH_ROOT) ->
     :func:`generate_clinical` (positions and orientation in the headers, so that the files
     group into one series per folder).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     out = root / f"dicom-series-{n}x{slices}"
     marker = out / ".complete"
@@ -164,25 +171,12 @@ def generate_dicom_series(n: int, slices: int = 100, root: Path = BENCH_ROOT) ->
             r2 = ((y - cy) / 100.0) ** 2 + ((x - cx) / 85.0) ** 2 + dz**2
             im = np.where(r2 < 1, 600 + 300 * np.cos(6 * r2), 0.0)
             im = np.clip(im + 15 * rng.standard_normal((256, 256)), 0, 4095).astype(np.uint16)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = meta.MediaStorageSOPClassUID
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.Modality, ds.SeriesDescription = "MR", "T1 AX"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
-            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-            ds.PixelSpacing, ds.SliceThickness = ["1", "1"], "3"
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows, ds.Columns = im.shape
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.PixelData = im.tobytes()
-            ds.save_as(sub / f"{k:04d}.dcm", enforce_file_format=True)
+            _write_dicom(sub / f"{k:04d}.dcm", im, "1.2.840.10008.5.1.4.1.1.4",  # MR
+                         Modality="MR", SeriesDescription="T1 AX", StudyInstanceUID=study,
+                         SeriesInstanceUID=series, InstanceNumber=k + 1,
+                         ImagePositionPatient=[0.0, 0.0, 3.0 * k],
+                         ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+                         PixelSpacing=["1", "1"], SliceThickness="3")
     marker.write_text("ok")
     return out
 
