@@ -20,7 +20,7 @@ from scanqc.progress import Cancelled, CancelToken
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-def _slice(path: Path, series: str, k: int, description: str = "T1 AX") -> None:
+def _slice(path: Path, series: str | None, k: int, description: str = "T1 AX") -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MR_IMAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -29,7 +29,9 @@ def _slice(path: Path, series: str, k: int, description: str = "T1 AX") -> None:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesDescription = "MR", description
-    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = series, "1.2.3", k + 1
+    ds.StudyInstanceUID, ds.InstanceNumber = "1.2.3", k + 1
+    if series:
+        ds.SeriesInstanceUID = series
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * k], [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing, ds.SliceThickness = [1, 1], 2
     ds.Rows = ds.Columns = 16
@@ -122,3 +124,23 @@ def test_folder_shares_keep_folders_whole_and_the_order():
         folders = [it.path.split("/")[1] for it in s]
         assert all(sum(x.path.split("/")[1] == f for x in items) == folders.count(f)
                    for f in set(folders))
+
+
+def test_files_without_series_uid_named_out_of_folder_order(tmp_path, monkeypatch, caplog):
+    """Named files of one folder, far apart in the list: their no-UID group is regrouped."""
+    monkeypatch.setattr(discovery, "MIN_FILES", 1)
+    monkeypatch.setattr(discovery, "SHARE", 1)
+    a = [tmp_path / "a" / f"{k}.dcm" for k in range(3)]
+    b = [tmp_path / "b" / f"{k}.dcm" for k in range(2)]
+    for k, p in enumerate(a):
+        _slice(p, None, k, "NOUID")
+    uid = generate_uid()
+    for k, p in enumerate(b):
+        _slice(p, uid, k)
+    named = [str(p) for p in (a[0], b[0], a[1], b[1], a[2])]
+    serial = discover(named, root=str(tmp_path))
+    assert any(e.description == "NOUID" and len(e.paths) == 3 for e in serial)
+    caplog.set_level("INFO", logger="scanqc.batch.discovery")
+    parallel = discovery.discover_parallel(named, str(tmp_path), workers=2)
+    assert "DICOM series span folders of several shares" in caplog.text
+    assert _key(parallel) == _key(serial)

@@ -411,9 +411,10 @@ def discover_files(
 
     Returns:
         ``(entries, series)``: the entries (unsorted), and the DICOM files of each
-        SeriesInstanceUID among ``items``. A series whose files are all in one share gets
-        the same entries as from :func:`discover`; ``scanqc.batch.discovery`` reads the
-        shares in worker processes and groups a series found in several shares again.
+        SeriesInstanceUID among ``items`` (``"folder:<dir>"`` for files without one). A
+        series whose files are all in one share gets the same entries as from
+        :func:`discover`; ``scanqc.batch.discovery`` reads the shares in worker processes
+        and groups a series found in several shares again.
     """
     entries: list[ScanEntry] = []
     headers: dict[str, list[dicom.DicomHeader]] = {}
@@ -425,8 +426,9 @@ def discover_files(
     series: dict[str, list[str]] = {}
     for hs in headers.values():
         for h in hs:
-            if h.series_uid:
-                series.setdefault(h.series_uid, []).append(h.path)
+            # files without a SeriesInstanceUID are grouped by folder (dicom._nouid_key)
+            key = h.series_uid or "folder:" + os.path.dirname(h.path)
+            series.setdefault(key, []).append(h.path)
     entries += _group_dicom(headers, cancel)
     return entries, series
 
