@@ -144,3 +144,26 @@ def test_files_without_series_uid_named_out_of_folder_order(tmp_path, monkeypatc
     parallel = discovery.discover_parallel(named, str(tmp_path), workers=2)
     assert "DICOM series span folders of several shares" in caplog.text
     assert _key(parallel) == _key(serial)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_archives_give_the_same_entries(tmp_path, monkeypatch, seed):
+    """Series spread over random folders, files without UIDs, copies, junk; random shares."""
+    rng = np.random.default_rng(seed)
+    root = tmp_path / "random"
+    folders = [root / f"f{i}" / ("sub" if i % 3 == 0 else "") for i in range(7)]
+    for s in range(5):
+        uid = None if s == 4 else generate_uid()  # one group without a SeriesInstanceUID
+        for k in range(int(rng.integers(1, 6))):
+            folder = folders[int(rng.integers(0, len(folders)))] if uid else folders[0]
+            path = folder / f"s{s}_{k}.dcm"
+            _slice(path, uid, k, f"S{s}")
+            if rng.random() < 0.15:
+                shutil.copy(path, folder / f"s{s}_{k}_copy.dcm")
+    for i, folder in enumerate(folders[:3]):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"junk{i}.bin").write_bytes(rng.bytes(64))
+    monkeypatch.setattr(discovery, "MIN_FILES", 1)
+    monkeypatch.setattr(discovery, "SHARE", int(rng.integers(1, 5)))
+    serial = discover([str(root)], root=str(root))
+    assert _key(discovery.discover_parallel([root], str(root), workers=2)) == _key(serial)
