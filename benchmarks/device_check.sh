@@ -3,7 +3,7 @@
 #
 # The device image has torch, numpy, scipy, pandas, pillow, psutil, tqdm, safetensors and
 # pytest, but not nibabel or pydicom (and no Qt: the widget tests are not run there).
-# Here, once per session (pure-Python wheels, ~4 MB):
+# Here, once per session (pure-Python wheels, 5.7 MB):
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
