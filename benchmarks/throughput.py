@@ -3,7 +3,7 @@
 For each dataset it measures, in the same run and the same worker setup:
 
 * **read**: discover + ``load_scan`` of every scan in ``--workers`` processes
-  (:func:`scanqc.batch.pipeline.read_only` through :class:`scanqc.batch.engine.LocalRunner`);
+  (:func:`scanqc.batch.pipeline.read_only` through :class:`scanqc.batch.runners.LocalRunner`);
 * **score**: the full engine (discover, read, checks, quality metrics, slices, batched
   embedding in the main process, kNN fallback scoring);
 
@@ -241,8 +241,9 @@ class PeakRSS:
 def time_read(paths: list[Path], workers: int) -> tuple[float, int, int, float]:
     """Seconds, scans read, peak RSS and CPU seconds for discovery + load_scan."""
     from scanqc.batch.discovery import discover_parallel
-    from scanqc.batch.engine import LocalRunner, _common_root_paths, largest_first
+    from scanqc.batch.engine import _common_root_paths
     from scanqc.batch.pipeline import read_only
+    from scanqc.batch.runners import LocalRunner, largest_first
 
     with PeakRSS() as mem:
         t0 = time.perf_counter()
@@ -298,9 +299,9 @@ def _encoder(name: str) -> tuple[object | None, str]:
 
 def warm_forkserver() -> None:
     """Start the worker processes' fork server once, outside every timing."""
-    from scanqc.batch.engine import _mp_context
+    from scanqc.batch.runners import mp_context
 
-    p = _mp_context().Process(target=os.getpid)
+    p = mp_context().Process(target=os.getpid)
     p.start()
     p.join()
 

@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from batch import config, make_dataset
-from scanqc.batch.engine import Embedder, _auto_torch_threads, score_all
+from scanqc.batch.embedder import Embedder, auto_torch_threads
+from scanqc.batch.engine import score_all
 
 
 def test_auto_threads_leave_the_workers_their_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert _auto_torch_threads(config(workers=2)) == 6
-    assert _auto_torch_threads(config(workers=8)) == 1  # never zero
-    assert _auto_torch_threads(config(workers=0)) is None  # inline: torch's default
-    assert _auto_torch_threads(config(workers=2, scheduler="local")) is None
+    assert auto_torch_threads(config(workers=2)) == 6
+    assert auto_torch_threads(config(workers=8)) == 1  # never zero
+    assert auto_torch_threads(config(workers=0)) is None  # inline: torch's default
+    assert auto_torch_threads(config(workers=2, scheduler="local")) is None
 
 
 def test_thread_count_is_restored_after_a_run(tmp_path):

@@ -296,7 +296,7 @@ def test_missing_model_fails_before_reading(tmp_path):
 
 
 def test_largest_first_orders_by_bytes_on_disk(tmp_path):
-    from scanqc.batch.engine import largest_first
+    from scanqc.batch.runners import largest_first
 
     def entry(name, sizes):
         paths = []
@@ -314,17 +314,17 @@ def test_largest_first_orders_by_bytes_on_disk(tmp_path):
 
 
 def test_parallel_runs_submit_the_largest_scans_first(tmp_path, monkeypatch):
-    from scanqc.batch import engine
+    from scanqc.batch import runners
 
     root = make_dataset(tmp_path / "ds", n_vol=3, n_img=3, corrupt=False)
     submitted: list[str] = []
-    original = engine.LocalRunner.submit
+    original = runners.LocalRunner.submit
 
     def record(self, entry):
         submitted.append(entry.path)
         original(self, entry)
 
-    monkeypatch.setattr(engine.LocalRunner, "submit", record)
+    monkeypatch.setattr(runners.LocalRunner, "submit", record)
     rows = score_all([root], config=config(workers=2))
     sizes = [os.path.getsize(p) for p in submitted]
     assert len(submitted) == len(rows) == 6

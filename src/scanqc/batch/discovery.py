@@ -135,9 +135,9 @@ def _in_workers(
     mp_context: Any,
 ) -> list[Share]:
     if mp_context is None:
-        from scanqc.batch.engine import _mp_context
+        from scanqc.batch.runners import mp_context as start_method
 
-        mp_context = _mp_context()
+        mp_context = start_method()
     results: list[Any] = [None] * len(shares)
     n = max(1, min(workers, len(shares), os.cpu_count() or 1))
     pool = ProcessPoolExecutor(max_workers=n, mp_context=mp_context)
