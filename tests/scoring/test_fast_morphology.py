@@ -85,7 +85,7 @@ def test_normalize_equals_nan_to_num_then_clip(dtype):
             assert got.dtype == np.float32 and np.array_equal(got, want), window
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, bool])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, bool])
 def test_integer_window_equals_the_float_path(dtype):
     """robust_window's histogram path for integers = the generic float64 percentile path."""
     from scanqc.io.intensity import robust_window

@@ -102,6 +102,27 @@ def _count_percentiles(counts: np.ndarray, offset: int, q: Sequence[float]) -> l
 _MAX_SPAN = 1 << 16
 
 
+def _count_small_integers(flat: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """``(counts, vmin, vmax)`` of 8- or 16-bit integers, ``counts[i]`` = #(vmin + i).
+
+    One counting pass over all 256 or 65536 possible values; the minimum and maximum come
+    from the counts (no separate passes, no shifted copy). Signed values are counted as
+    unsigned with the sign bit flipped (the same order). None for other dtypes.
+    """
+    if flat.dtype.kind not in "iu" or flat.dtype.itemsize > 2:
+        return None
+    if flat.dtype.kind == "i":
+        unsigned = np.dtype(f"u{flat.dtype.itemsize}")
+        offset = -(1 << (8 * flat.dtype.itemsize - 1))
+        flat = flat.view(unsigned) ^ unsigned.type(1 << (8 * flat.dtype.itemsize - 1))
+    else:
+        offset = 0
+    counts = np.bincount(flat, minlength=1 << (8 * flat.dtype.itemsize))
+    present = np.flatnonzero(counts)
+    lo, hi = int(present[0]), int(present[-1])
+    return counts[lo:hi + 1], lo + offset, hi + offset
+
+
 def _integer_window(data: np.ndarray, lower: float, upper: float) -> tuple[float, float] | None:
     """:func:`robust_window` of integer data from a histogram (None: not applicable).
 
@@ -114,11 +135,15 @@ def _integer_window(data: np.ndarray, lower: float, upper: float) -> tuple[float
         return None
     if flat.size > _MAX_SAMPLE:
         flat = flat[:: int(np.ceil(flat.size / _MAX_SAMPLE))]
-    vmin, vmax = int(flat.min()), int(flat.max())
-    if vmax - vmin > _MAX_SPAN:
-        return None
-    shifted = flat.astype(np.intp) - vmin if flat.dtype.kind != "b" else flat.astype(np.intp)
-    counts = np.bincount(shifted.ravel(), minlength=vmax - vmin + 1)
+    counted = _count_small_integers(flat)
+    if counted is not None:
+        counts, vmin, vmax = counted
+    else:
+        vmin, vmax = int(flat.min()), int(flat.max())
+        if vmax - vmin > _MAX_SPAN:
+            return None
+        shifted = flat.astype(np.intp) - vmin if flat.dtype.kind != "b" else flat.astype(np.intp)
+        counts = np.bincount(shifted.ravel(), minlength=vmax - vmin + 1)
     n_fg = flat.size - int(counts[0])
     if n_fg < 0.01 * flat.size or n_fg == 0:
         lo, hi = _count_percentiles(counts, vmin, [lower, upper])
