@@ -262,3 +262,22 @@ def test_broken_dicom_is_one_line_without_traceback(tmp_path, shared_data):
     assert "Traceback" not in proc.stderr, proc.stderr
     (row,) = read_report(out, "csv")
     assert row["status"] == "error" and "bad_j2k.dcm" in row["error"]
+
+
+def test_progress_bar_names_each_phase(capsys):
+    from scanqc.cli.score import _Bar
+
+    bar = _Bar(True)
+    labels = []
+    for done, total, message in [(0, 0, "a.dcm"), (5, 10, "reading headers"),
+                                 (10, 10, "grouping DICOM series"), (0, 4, "reading references"),
+                                 (0, 0, "fine-tuning on the references"), (3, 60, "fine-tuning 3/60"),
+                                 (0, 7, "scoring"), (2, 7, "fine-tuning_scan.nii.gz"),
+                                 (7, 7, "kNN outlier scores")]:
+        bar(done, total, message)
+        labels.append((bar.bar.desc, bar.bar.unit))
+    bar.close()
+    assert labels == [("finding scans", "file")] * 3 + [("references", "scan")] + [
+        ("fine-tuning", "step")] * 2 + [("scoring", "scan")] * 3
+    err = capsys.readouterr().err
+    assert "finding scans" in err and "scoring" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,20 +177,42 @@ def dataset_references(paths: list[Path]) -> tuple[list[str], Path] | None:
         return None
 
 
+#: Progress messages that start a phase of a run -> (bar label, unit counted).
+_PHASES = {
+    "reading headers": ("finding scans", "file"),
+    "grouping DICOM series": ("finding scans", "file"),
+    "reading references": ("references", "scan"),
+    "embedding references": ("fine-tuning", "step"),
+    "fine-tuning on the references": ("fine-tuning", "step"),
+    "scoring": ("scoring", "scan"),
+}
+#: The fine-tuning progress message (``fine-tuning 3/60``).
+_EPOCH = re.compile(r"fine-tuning \d+/\d+")
+
+
 class _Bar:
-    """tqdm on stderr fed by the engine's progress callback."""
+    """tqdm on stderr fed by the engine's progress callback.
+
+    The label and unit follow the phase of the run: ``finding scans`` (files whose
+    headers are read), ``references``, ``fine-tuning`` (optimiser steps), ``scoring``.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=0, unit="scan", file=sys.stderr, dynamic_ncols=True,
-                            smoothing=0.1, desc="scoring")
+            self.bar = tqdm(total=0, unit="file", file=sys.stderr, dynamic_ncols=True,
+                            smoothing=0.1, desc="finding scans")
 
     def __call__(self, done: int, total: int, message: str) -> None:
         if self.bar is None:
             return
+        phase = _PHASES.get(message) or (
+            _PHASES["fine-tuning on the references"] if _EPOCH.fullmatch(message) else None)
+        if phase is not None and (self.bar.desc, self.bar.unit) != phase:
+            self.bar.set_description_str(phase[0], refresh=False)
+            self.bar.unit = phase[1]
         if done < self.bar.n or (total and self.bar.total and total != self.bar.total):
             self.bar.reset(total=total or None)  # a new phase (discovery, then scoring)
         elif total and self.bar.total != total:
