@@ -385,8 +385,12 @@ def _typicality(
         d2[near] = np.inf
         kk = min(k, d2.shape[1] - 1)
         part = np.partition(d2, kk, axis=1)[:, :kk]
-        part[~np.isfinite(part)] = np.nan
-        vals[s : s + 2048] = np.sqrt(np.clip(np.nanmean(part, axis=1), 0, None))
+        finite = np.isfinite(part)
+        # mean over the finite neighbours; a patch without any (small images) gets 0
+        n_ok = finite.sum(axis=1).astype(part.dtype)
+        total = np.where(finite, part, 0.0).sum(axis=1)  # = np.nanmean's sum and division
+        mean = np.divide(total, n_ok, out=np.zeros_like(total), where=n_ok > 0)
+        vals[s : s + 2048] = np.sqrt(np.clip(mean, 0, None))
     vals = np.nan_to_num(vals, nan=0.0)
     out[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
     return out
