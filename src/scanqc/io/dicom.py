@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.io import limits
+from scanqc.io.codestream import frame_size
 from scanqc.io.dicom_header import (  # noqa: F401 - the public names stay importable here
     _PIXEL_TAGS,
     DICOM_SUFFIXES,
@@ -150,8 +151,37 @@ def _read_full(path: str, warns: list[ScanWarning]) -> Any:
     return ds
 
 
+def _check_frame_sizes(ds: Any, path: str) -> None:
+    """Refuse compressed frames whose codestream declares more pixels than the header.
+
+    The decoder allocates the size in the codestream (:mod:`scanqc.io.codestream`), not
+    Rows x Columns: a corrupt JPEG 2000 SIZ can ask for gigabytes and minutes. A frame
+    declaring fewer pixels is left to the decoder and the shape check after it.
+    """
+    try:
+        if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            return
+        from pydicom.encaps import generate_fragmented_frames
+
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+        n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        frames = generate_fragmented_frames(ds.PixelData, number_of_frames=n_frames)
+        for k, fragments in enumerate(frames):
+            size = frame_size(fragments[0]) if fragments else None
+            if size is not None and size[0] * size[1] * max(1, size[2]) > rows * cols * samples:
+                raise ScanReadError(
+                    path, f"compressed frame {k + 1} declares {size[1]} x {size[0]} pixels "
+                    f"({size[2]} components), the header {cols} x {rows} ({samples})")
+    except ScanReadError:
+        raise
+    except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
+        return
+
+
 def _decode(ds: Any, path: str) -> np.ndarray:
     _check_codec(ds, path)
+    _check_frame_sizes(ds, path)
     try:
         with _quiet():
             arr = ds.pixel_array
