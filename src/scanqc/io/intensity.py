@@ -165,8 +165,9 @@ def normalize(
     lo, hi = window if window is not None else robust_window(data, modality)
     data = np.asarray(data)
     scale = np.float32(hi - lo)
-    out = np.subtract(data, np.float32(lo), dtype=np.float32)
-    out /= scale
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf data and huge spans: see below
+        out = np.subtract(data, np.float32(lo), dtype=np.float32)
+        out /= scale
     # clip maps +Inf to 1 and -Inf to 0 as nan_to_num would; only NaN needs a pass, and
     # integer data divided by a finite non-zero width has none
     np.clip(out, 0.0, 1.0, out=out)

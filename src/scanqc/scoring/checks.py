@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from scanqc.io.scan import SEVERITIES, Scan, ScanWarning
 from scanqc.scoring import fov, header, quality
 from scanqc.scoring.body_mask import CheckData, prepare
@@ -111,7 +113,15 @@ def check_scan(
     Returns:
         ``(warnings, metrics)``; metrics is ``{}`` when they could not be computed.
     """
-    ctx = context or CheckContext()
+    # overflow and NaN in the measures of extreme data (1e30 floats, Inf) end as NaN
+    # metrics, which the checks and the report handle: no RuntimeWarning on the console
+    with np.errstate(all="ignore"):
+        return _check_scan(scan, context or CheckContext(), timings)
+
+
+def _check_scan(
+    scan: Scan, ctx: CheckContext, timings: dict[str, float] | None
+) -> tuple[list[ScanWarning], dict[str, float]]:
     out: list[ScanWarning] = list(scan.warnings)
     t0 = time.perf_counter()
     try:
