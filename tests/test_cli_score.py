@@ -269,11 +269,11 @@ def test_progress_bar_names_each_phase(capsys):
 
     bar = _Bar(True)
     labels = []
-    for done, total, message in [(0, 0, "a.dcm"), (5, 10, "reading headers"),
-                                 (10, 10, "grouping DICOM series"), (0, 4, "reading references"),
-                                 (0, 0, "fine-tuning on the references"), (3, 60, "fine-tuning 3/60"),
-                                 (0, 7, "scoring"), (2, 7, "fine-tuning_scan.nii.gz"),
-                                 (7, 7, "kNN outlier scores")]:
+    calls = [(0, 0, "a.dcm"), (5, 10, "reading headers"), (10, 10, "grouping DICOM series"),
+             (0, 4, "reading references"), (0, 0, "fine-tuning on the references"),
+             (3, 60, "fine-tuning 3/60"), (0, 7, "scoring"), (2, 7, "fine-tuning_scan.nii.gz"),
+             (7, 7, "kNN outlier scores")]
+    for done, total, message in calls:
         bar(done, total, message)
         labels.append((bar.bar.desc, bar.bar.unit))
     bar.close()

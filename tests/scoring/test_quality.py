@@ -217,3 +217,31 @@ def test_neighbour_correlation_equals_per_slice_loop_and_skips_constant_slices()
     assert neighbour_correlation(smooth) > 0.9 > 0.1 > abs(neighbour_correlation(noise))
     assert np.isnan(neighbour_correlation(np.full((3, 8, 8), 0.2, np.float32)))
     assert np.isnan(neighbour_correlation(np.zeros((2, 2, 8), np.float32)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 900), (900, 1), (3, 3), (1, 1, 1), (2, 2, 2),
+                                   (300, 1, 1), (1, 1, 300), (2, 5, 70)])
+def test_degenerate_and_extreme_scans_give_no_failed_check_and_no_runtime_warning(shape):
+    """Odd shapes and extreme values: every check runs, NaN measures stay silent."""
+    import warnings
+
+    from scanqc.models.preprocess import scan_to_slices
+
+    rng = np.random.default_rng(5)
+    arrays = [
+        (rng.random(shape) * 1e30).astype(np.float32),
+        np.where(rng.random(shape) < 0.5, np.inf, -np.inf).astype(np.float32),
+        rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=shape),
+        np.zeros(shape, np.uint16),
+        rng.random(shape) < 0.5,
+    ]
+    for a in arrays:
+        for modality in ("", "CT", "MR"):
+            scan = Scan(a, (1.0,) * a.ndim, np.eye(4), "volume" if a.ndim == 3 else "image",
+                        modality=modality)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                ws = run_checks(scan)
+                slices, _ = scan_to_slices(scan, 32, 8)
+            assert "check_failed" not in codes(ws), (a.dtype, modality, ws)
+            assert slices.shape[1:] == (32, 32) and np.isfinite(slices).all()
