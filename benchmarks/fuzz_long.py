@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-scan-bytes", default=str(256 << 20))
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--no-bombs", action="store_true", help="leave out gzip bombs")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also run the checks and the slice preparation on every loaded scan")
     args = ap.parse_args(argv)
     os.environ["SCANQC_MAX_SCAN_BYTES"] = args.max_scan_bytes
     warnings.simplefilter("ignore")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(f"{args.seed}:{i}")
             clear_folder(folder)
             case = make_case(RandomDraw(rng), folder, seeds, bombs=not args.no_bombs)
-            out = run_case(case, timeout=args.timeout)
+            out = run_case(case, timeout=args.timeout, pipeline=args.pipeline)
             kinds[case.kind.split(":")[0].split("+")[0]] += 1
             slow.append((out.seconds, i, case.kind))
             if out.failures:

@@ -185,3 +185,37 @@ def test_declared_size_bomb_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SCANQC_MAX_SCAN_BYTES", "1000")
     with pytest.raises(ScanReadError, match="limit"):
         load_nifti(path)
+
+
+@pytest.mark.parametrize("shape", [(6, 8), (6, 8, 1), (6, 8, 1, 3)])
+def test_2d_nifti_is_discovered_as_the_image_it_loads_as(tmp_path, shape):
+    from scanqc.io.discover import discover
+    from scanqc.io.load import load_scan
+
+    d = np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape)
+    _write(tmp_path / "two.nii.gz", d, np.diag([0.5, 0.7, 2.0, 1.0]))
+    (entry,) = discover(tmp_path)
+    assert entry.status == "ok" and entry.kind == "image"
+    scan = load_scan(entry)
+    assert scan.kind == "image" and tuple(entry.shape) == scan.data.shape
+    assert tuple(entry.spacing) == pytest.approx(scan.spacing)
+
+
+def test_colour_nifti_becomes_gray_luminance(tmp_path):
+    rng = np.random.default_rng(2)
+    rgb = np.zeros((5, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for c in "RGB":
+        rgb[c] = rng.integers(0, 256, rgb.shape)
+    scan = load_nifti(_write(tmp_path / "rgb.nii.gz", rgb, np.eye(4)))
+    assert scan.data.dtype == np.uint8 and scan.data.shape == (3, 4, 5)
+    assert "colour_to_gray" in {w.code for w in scan.warnings}
+    want = np.round(0.299 * rgb["R"] + 0.587 * rgb["G"] + 0.114 * rgb["B"])
+    assert sorted(scan.data.ravel()) == pytest.approx(sorted(want.ravel()), abs=1)
+
+
+def test_complex_nifti_becomes_its_magnitude(tmp_path):
+    d = (np.arange(60).reshape(5, 4, 3) * (0.6 + 0.8j)).astype(np.complex64)
+    scan = load_nifti(_write(tmp_path / "c.nii.gz", d, np.eye(4)))
+    assert scan.data.dtype == np.float32 and "complex_magnitude" in {
+        w.code for w in scan.warnings}
+    assert sorted(scan.data.ravel()) == pytest.approx(sorted(np.arange(60.0)), abs=1e-4)

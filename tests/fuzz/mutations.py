@@ -684,11 +684,14 @@ def peak_rss_mb() -> float:
 
 
 def run_case(case: Case, *, timeout: float = CASE_TIMEOUT_S, max_rss_growth_mb: float = 768,
-             use_open_scans: bool = True) -> Outcome:
+             use_open_scans: bool = True, pipeline: bool = False) -> Outcome:
     """Push one case through discover + load_scan (+ open_scans); classify the outcome.
 
     Runs under a ``SIGALRM`` watchdog of ``timeout`` seconds (main thread only); the
     previous alarm handler and timer (e.g. pytest-timeout's) are restored afterwards.
+    With ``pipeline``, every loaded scan also goes through the QC checks, the quality
+    measures and the model input slices (what a worker of ``scanqc score`` does): a
+    ``check_failed`` warning, an exception or non-finite slices are failures.
     """
     from scanqc.io.discover import discover
     from scanqc.io.load import load_scan, open_scans
@@ -721,6 +724,24 @@ def run_case(case: Case, *, timeout: float = CASE_TIMEOUT_S, max_rss_growth_mb: 
         if scan.data.size == 0 or scan.data.ndim not in (2, 3):
             out.failures.append(f"scan with odd data shape {scan.data.shape}")
         out.results.append("scan" + ("+warn" if scan.warnings else ""))
+        if pipeline:
+            check_pipeline(scan)
+
+    def check_pipeline(scan) -> None:
+        from scanqc.batch.pipeline import checks_and_quality
+        from scanqc.models.preprocess import scan_to_slices
+
+        try:
+            warns, _metrics = checks_and_quality(scan)
+            slices, _ = scan_to_slices(scan, 64, 8)
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            out.failures.append(f"pipeline raised {type(exc).__name__}: {exc}"[:300])
+            return
+        failed = [w.message for w in warns if w.code == "check_failed"]
+        if failed:
+            out.failures.append(f"check failed: {failed[0]}"[:300])
+        if not np.isfinite(slices).all():
+            out.failures.append("non-finite model input slices")
 
     try:
         try:

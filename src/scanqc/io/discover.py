@@ -231,11 +231,15 @@ def _nifti_entry(path: str, root: str) -> ScanEntry:
     header: dict[str, Any] = {"file_shape": shape, "ndim": len(shape)}  # tuple: no GC tracking
     if len(shape) > 3:
         header["n_volumes"] = int(np.prod(shape[3:]))
-    if len(shape) < 3 or any(s <= 0 for s in shape):
+    if len(shape) < 2 or any(s <= 0 for s in shape):
         return ScanEntry(
             make_scan_id(rel), (path,), "volume", "nifti", "error",
-            f"not a 3D volume (shape {shape})", name=rel, header=header,
+            f"invalid dimensions (shape {shape})", name=rel, header=header,
         )
+    # a 2D image stored as NIfTI (two axes, or a third of size 1): the reader squeezes it
+    flat = len(shape) == 2 or shape[2] == 1
+    if len(shape) == 2:
+        shape, zooms = (*shape, 1), (*zooms[:2], 1.0)
     try:
         if not np.all(np.isfinite(affine)):
             raise ValueError("non-finite affine")
@@ -245,6 +249,14 @@ def _nifti_entry(path: str, root: str) -> ScanEntry:
         zooms3 = tuple(zooms[i] for i in order)
     except Exception:  # noqa: BLE001 - degenerate affine: keep file order
         shape3, zooms3 = shape[:3], zooms[:3]
+    if flat:  # as the reader: the first axis of size 1 (in reader order) is dropped
+        drop = next(i for i in range(3) if shape3[i] == 1)
+        keep = [i for i in range(3) if i != drop]
+        return ScanEntry(
+            make_scan_id(rel), (path,), "image", "nifti", name=rel,
+            shape=tuple(shape3[i] for i in keep), spacing=tuple(zooms3[i] for i in keep),
+            header=header,
+        )
     return ScanEntry(
         make_scan_id(rel), (path,), "volume", "nifti", name=rel,
         shape=shape3, spacing=zooms3, header=header,

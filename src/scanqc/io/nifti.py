@@ -227,6 +227,32 @@ def _to_spl(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return out, affine @ m
 
 
+#: Luminance weights of a colour voxel (ITU-R BT.601, as PIL's "L" conversion).
+_LUMA = {"R": 0.299, "G": 0.587, "B": 0.114}
+
+
+def _plain_values(arr: np.ndarray, path: str, warnings: list[ScanWarning]) -> np.ndarray:
+    """Colour (RGB24/RGBA32) voxels to gray uint8, complex voxels to their magnitude.
+
+    The checks, the model and napari's gray layers need one real value per voxel; each
+    conversion adds an ``info`` warning saying what was done.
+    """
+    names = arr.dtype.names
+    if names:
+        if not set(_LUMA) <= set(names):
+            raise ScanReadError(path, f"unsupported voxel type {arr.dtype}")
+        gray = sum(w * arr[c].astype(np.float32) for c, w in _LUMA.items())
+        warnings.append(ScanWarning(
+            "colour_to_gray", f"colour NIfTI ({'+'.join(names)}) shown as gray (luminance)",
+            severity="info"))
+        return np.clip(np.round(gray), 0, 255).astype(np.uint8)
+    if arr.dtype.kind == "c":
+        warnings.append(ScanWarning(
+            "complex_magnitude", "complex voxels: the magnitude is used", severity="info"))
+        return np.abs(arr).astype(np.float32 if arr.dtype.itemsize <= 8 else np.float64)
+    return arr
+
+
 def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = None) -> Scan:
     """Read a NIfTI file into a :class:`Scan` with data axes ``(S, P, L)``.
 
@@ -238,7 +264,9 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
     Returns:
         A volume (``kind="volume"``) or, for a 2D file, an image (``kind="image"``).
         Scale slope and intercept are applied (integer data without scaling keeps its
-        dtype). Reader findings are in ``warnings``: ``4d_first_volume``,
+        dtype; colour voxels become gray uint8, complex voxels their magnitude). Reader
+        findings are in ``warnings``: ``colour_to_gray``, ``complex_magnitude``,
+        ``4d_first_volume``,
         ``non_finite_values``, ``invalid_spacing``, ``invalid_affine``.
 
     Raises:
@@ -286,6 +314,7 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
         arr = np.asarray(arr)
     except Exception as exc:  # noqa: BLE001
         raise ScanReadError(path, _cause(exc)) from exc
+    arr = _plain_values(arr, path, warnings)
     if n_volumes > 1:
         warnings.append(
             ScanWarning(
