@@ -77,3 +77,19 @@ def test_info_subprocess(folder):
     assert {k: v["status"] for k, v in recs.items()} == {
         "good.nii.gz": "ok", "xray.png": "ok", "broken.nii.gz": "error",
     }
+
+
+def test_library_info_logs_stay_off_the_console(tmp_path):
+    """Dask logs every worker start at INFO on its own loggers: hidden without --verbose."""
+    code = (
+        "import logging, sys\n"
+        "from scanqc.cli.main import main\n"
+        f"main(['info', {str(tmp_path)!r}])\n"
+        "log = logging.getLogger('distributed.scheduler')\n"
+        "log.setLevel(logging.INFO)\n"
+        "log.info('State start')\n"
+        "log.warning('a real warning')\n"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stderr
+    assert "a real warning" in err and "State start" not in err

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         # file as one line of its own, so pydicom's records are dropped at the handlers
         for handler in logging.getLogger().handlers:
             handler.addFilter(_not_pydicom)
+            # libraries that set their own loggers to INFO (Dask's scheduler and workers
+            # log every start, connection and close) stay quiet unless --verbose
+            handler.setLevel(logging.WARNING)
         # numpy's divide/empty-slice warnings on degenerate images (constant, 1 pixel wide)
         # say nothing to a user: such a scan's problem is in its row (warnings or error)
         warnings.filterwarnings("ignore", category=RuntimeWarning)
