@@ -100,6 +100,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tiny_model, capsys):
     assert rc == 1 and "reference list is empty" in capsys.readouterr().err
 
 
+def test_empty_folder_writes_an_empty_report_and_says_so(tmp_path, tiny_model, capsys):
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("not a scan")
+    rc = main(["score", str(tmp_path / "none"), "--out", str(tmp_path / "r.csv"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "0 scanned" in err and "no scans found under" in err
+    assert (tmp_path / "r.csv").read_text().startswith("scan_id")
+
+
 _CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})

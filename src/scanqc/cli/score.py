@@ -287,6 +287,10 @@ def run(args: argparse.Namespace) -> int:
         print("scanqc: interrupted; rows already written are kept (rerun with --resume)",
               file=sys.stderr)
         return 130
+    if n == 0:
+        where = ", ".join(str(p) for p in args.paths)
+        print(f"scanqc: no scans found under {where} (NIfTI, DICOM and 2D image files are "
+              "looked for in every subfolder)", file=sys.stderr)
     if args.html:
         from scanqc.batch.report_html import write_html_report
 
