@@ -525,3 +525,53 @@ def test_quiet_nests_and_restores_pydicom_settings():
     assert config.settings.reading_validation_mode == before
     with _quiet():  # usable again after an exception inside a nested use
         assert config.settings.reading_validation_mode == config.IGNORE
+
+
+def test_native_pixel_fast_path_equals_pydicom(tmp_path: Path) -> None:
+    """The direct read of plain uncompressed data gives pydicom's array, bit for bit."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for i in range(120):
+        alloc = [8, 16, 32][i % 3]
+        stored = int(rng.integers(1, alloc + 1)) if i % 4 else alloc
+        signed = bool(i % 2)
+        frames = [None, 1, 3][i % 3 if i % 5 else 0]
+        rows, cols = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        n = rows * cols * (frames or 1)
+        raw = rng.integers(0, 256, n * alloc // 8, dtype=np.uint8).tobytes()  # garbage high bits
+        ds = make_dataset(np.zeros((rows, cols), np.uint16), frames=frames)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = alloc, stored, stored - 1
+        ds.PixelRepresentation = int(signed)
+        ds.PhotometricInterpretation = ["MONOCHROME2", "MONOCHROME1"][i % 2]
+        if i % 3 == 0:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.PixelData = raw + (b"\0" if len(raw) % 2 else b"")
+        path = save(ds, tmp_path / f"p{i}.dcm")
+        ds = pydicom.dcmread(path)
+        fast = dicom._native_pixels(ds)
+        assert fast is not None, (alloc, stored, signed, frames)
+        want = ds.pixel_array
+        assert fast.dtype == want.dtype and fast.shape == want.shape
+        assert np.array_equal(fast, want), (alloc, stored, signed, frames)
+        fast[...] = 0  # a writable copy, never a view of the file's bytes
+        checked += 1
+    assert checked == 120
+
+
+def test_native_pixel_fast_path_leaves_other_data_to_pydicom(tmp_path: Path) -> None:
+    from pydicom.uid import ExplicitVRBigEndian
+
+    base = make_dataset(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    assert dicom._native_pixels(pydicom.dcmread(save(base, tmp_path / "ok.dcm"))) is not None
+    rgb = make_dataset(np.zeros((3, 4, 3), np.uint8))
+    short = make_dataset(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    short.PixelData = short.PixelData[:-4]
+    long = make_dataset(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    long.PixelData = long.PixelData + b"\0" * 8
+    big = make_dataset(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    for name, ds in (("rgb", rgb), ("short", short), ("long", long), ("big", big)):
+        read = pydicom.dcmread(save(ds, tmp_path / f"{name}.dcm"))
+        assert dicom._native_pixels(read) is None, name
