@@ -575,3 +575,28 @@ def test_native_pixel_fast_path_leaves_other_data_to_pydicom(tmp_path: Path) -> 
     for name, ds in (("rgb", rgb), ("short", short), ("long", long), ("big", big)):
         read = pydicom.dcmread(save(ds, tmp_path / f"{name}.dcm"))
         assert dicom._native_pixels(read) is None, name
+
+
+def test_series_files_are_parsed_once_and_checked_against_the_first(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    write_series(tmp_path / "a", [0.0, 1.0, 2.0, 3.0])
+    e = only(discover(tmp_path / "a"), status="ok")
+    parsed: list[str] = []
+    real_header, real_dataset = dicom.read_header, dicom._read_dataset
+    monkeypatch.setattr(dicom, "read_header", lambda p, **k: parsed.append(p) or real_header(p))
+    monkeypatch.setattr(dicom, "_read_dataset", lambda p: parsed.append(p) or real_dataset(p))
+    scan = dicom.load_dicom(e)
+    assert len(parsed) == 4 + 1  # each file once, plus the first file's header for the size
+    assert [float(v) for v in scan.data[:, 0, 0]] == [100, 110, 120, 130]
+    # the headers kept for the geometry hold no pixel bytes
+    kept = dicom._read_slice(e.paths[0], dicom.read_header(e.paths[0]))
+    assert "PixelData" not in kept.header.ds and kept.pixels.shape == (1, 6, 5)
+    # a slice whose size changed after discovery fails the scan, naming the first file
+    _, paths = write_series(tmp_path / "b", [0.0, 1.0, 2.0])
+    e = only(discover(tmp_path / "b"), status="ok")
+    ds = pydicom.dcmread(paths[-1])
+    ds.Rows, ds.PixelData = 3, np.zeros((3, 5), np.int16).tobytes()
+    ds.save_as(paths[-1])
+    with pytest.raises(ScanReadError, match="slices differ in size") as err:
+        dicom.load_dicom(e)
+    assert str(err.value).startswith(e.paths[0])

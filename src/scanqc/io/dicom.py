@@ -17,7 +17,9 @@ opened read-only.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from scanqc.io.dicom_header import (  # noqa: F401 - the public names stay impor
     _functional,
     _open_binary,
     _quiet,
+    header_of,
     is_dicom,
     read_cause,
     read_header,
@@ -134,7 +137,12 @@ def _after_pixel_data():
     return stop
 
 
-def _read_full(path: str, warns: list[ScanWarning]) -> Any:
+#: Keywords of the pixel data elements.
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _read_dataset(path: str) -> tuple[Any, bool]:
+    """``(dataset up to the end of its pixel data, headless)`` of one file (one parse)."""
     import pydicom
 
     headless = sniff(path) == "headless"
@@ -145,10 +153,7 @@ def _read_full(path: str, warns: list[ScanWarning]) -> Any:
             )
     except Exception as exc:  # noqa: BLE001
         raise ScanReadError(path, read_cause(exc)) from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ScanReadError(path, "no pixel data")
-    _prepare_dataset(ds, path, warns)
-    return ds
+    return ds, headless
 
 
 def _check_frame_sizes(ds: Any, path: str) -> None:
@@ -191,7 +196,7 @@ def _native_values(ds: Any) -> tuple | None:
         return (get("SamplesPerPixel"), get("BitsAllocated"), get("BitsStored"),
                 get("PixelRepresentation"), get("Rows"), get("Columns"),
                 1 if frames in (None, "") else int(frames),
-                str(get("PhotometricInterpretation", "")).strip().upper(),
+                str(get("PhotometricInterpretation", "")).strip(),  # as strict as pydicom
                 ds["PixelData"].value)
     except Exception:  # noqa: BLE001 - pydicom decodes (or reports) such files
         return None
@@ -408,6 +413,84 @@ def _declared(h: DicomHeader, n_files: int) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
+def _check_header(h: DicomHeader) -> None:
+    """Raise for a file that cannot be a slice of an image (one line naming it)."""
+    if h.is_dicomdir:
+        raise ScanReadError(h.path, "DICOMDIR index file: no pixel data")
+    if not h.plausible:
+        raise ScanReadError(h.path, "file meta missing and transfer syntax unknown")
+    if not h.has_pixels:
+        sop = h.sop_class_name
+        raise ScanReadError(h.path, f"no pixel data (SOP class: {sop})" if sop
+                            else "no pixel data")
+
+
+@dataclass
+class _Slice:
+    """One file of a scan, read and decoded: its header, pixels and pixel transforms."""
+
+    header: DicomHeader
+    pixels: np.ndarray  # (frames, rows, cols[, 3])
+    rescale: list[tuple[float, float]]
+    colour: bool
+    inverted: bool
+    warnings: list[ScanWarning]
+
+
+def _read_slice(path: str, first: DicomHeader) -> _Slice:
+    """Parse ``path`` once (header and pixel data), check it against ``first``, decode it.
+
+    The pixel bytes are dropped from the kept header once decoded, so that a series
+    holds each slice's pixels once.
+    """
+    warns: list[ScanWarning] = []
+    ds, headless = _read_dataset(path)
+    h = header_of(path, ds, any(k in ds for k in _PIXEL_KEYWORDS), headless)
+    if not h.has_pixels:  # e.g. cut short: "no pixel data" says more than "not plausible"
+        sop = h.sop_class_name
+        raise ScanReadError(path, f"no pixel data (SOP class: {sop})" if sop
+                            else "no pixel data")
+    _check_header(h)
+    if (h.rows, h.cols, h.samples) != (first.rows, first.cols, first.samples):
+        raise ScanReadError(first.path, "slices differ in size (Rows/Columns): not one volume")
+    _prepare_dataset(ds, path, warns)
+    arr = _decode(ds, path)
+    frames = h.frames if h.frames_valid else 1
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    colour = samples > 1 or photometric == "PALETTE COLOR"
+    expect = (h.rows, h.cols) + ((3,) if colour else ())
+    if frames > 1:
+        expect = (frames, *expect)
+    if tuple(arr.shape) != expect:
+        if arr.size == int(np.prod(expect)):
+            arr = arr.reshape(expect)
+        else:
+            raise ScanReadError(
+                path, f"pixel data shape {arr.shape} does not match the header {expect}"
+            )
+    inverted = photometric == "MONOCHROME1"
+    if inverted:
+        arr = _invert_monochrome1(arr, ds)
+    if colour:
+        arr = _to_rgb8(arr)
+    if frames == 1:
+        arr = arr[None]
+    rescale = [] if colour else _rescale_pairs(ds, frames)
+    _drop_pixel_data(ds)
+    return _Slice(h, arr, rescale, colour, inverted, warns)
+
+
+def _drop_pixel_data(ds: Any) -> None:
+    """Free a decoded dataset's pixel bytes and pydicom's cached array (header kept)."""
+    for kw in _PIXEL_KEYWORDS:
+        if kw in ds:
+            del ds[kw]
+    with contextlib.suppress(Exception):
+        ds._pixel_array = None
+        ds._pixel_id = {}
+
+
 def load_dicom(entry: ScanEntry, max_bytes: int | None = None) -> Scan:
     """Read a discovered DICOM scan (series, multi-frame volume or image) into a Scan.
 
@@ -427,68 +510,31 @@ def load_dicom(entry: ScanEntry, max_bytes: int | None = None) -> Scan:
         raise ScanReadError(paths[0], entry.error or f"scan is {entry.status}")
     warns: list[ScanWarning] = []
 
-    headers = [read_header(p) for p in paths]
-    for h in headers:
-        if h.is_dicomdir:
-            raise ScanReadError(h.path, "DICOMDIR index file: no pixel data")
-        if not h.plausible:
-            raise ScanReadError(h.path, "file meta missing and transfer syntax unknown")
-        if not h.has_pixels:
-            sop = h.sop_class_name
-            raise ScanReadError(h.path, f"no pixel data (SOP class: {sop})" if sop
-                                else "no pixel data")
-    h0 = headers[0]
-    if len({(h.rows, h.cols, h.samples) for h in headers}) > 1:
-        raise ScanReadError(h0.path, "slices differ in size (Rows/Columns): not one volume")
-    if len(headers) > 1:
-        headers, sort_warns, med, pos = order_slices(headers)
-        warns += sort_warns
-        h0 = headers[0]
-    else:
-        med, pos = None, None
-
-    shape, dtype = _declared(h0, len(headers))
-    if h0.rows <= 0 or h0.cols <= 0:
-        raise ScanReadError(h0.path, f"invalid image size {h0.rows}x{h0.cols}")
+    # The first file's header alone (no pixel bytes read) sizes the whole scan: a scan
+    # over the per-scan limit is refused before any file's pixel data is read.
+    first = read_header(paths[0])
+    _check_header(first)
+    if first.rows <= 0 or first.cols <= 0:
+        raise ScanReadError(first.path, f"invalid image size {first.rows}x{first.cols}")
+    shape, dtype = _declared(first, len(paths))
     try:
         limits.check_declared_size(shape, dtype, max_bytes)
     except ValueError as exc:
-        raise ScanReadError(h0.path, str(exc)) from None
-
-    slabs: list[np.ndarray] = []
-    pairs: list[tuple[float, float]] = []
-    ds0 = None
-    inverted = False
-    for h in headers:
-        ds = _read_full(h.path, warns)
-        ds0 = ds0 if ds0 is not None else ds
-        arr = _decode(ds, h.path)
-        frames = h.frames if h.frames_valid else 1
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        colour = samples > 1 or str(ds.get("PhotometricInterpretation", "")).upper() == (
-            "PALETTE COLOR"
-        )
-        expect = (h.rows, h.cols) + ((3,) if colour else ())
-        if frames > 1:
-            expect = (frames, *expect)
-        if tuple(arr.shape) != expect:
-            if arr.size == int(np.prod(expect)):
-                arr = arr.reshape(expect)
-            else:
-                raise ScanReadError(
-                    h.path, f"pixel data shape {arr.shape} does not match the header {expect}"
-                )
-        if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-            arr = _invert_monochrome1(arr, ds)
-            inverted = True
-        if colour:
-            arr = _to_rgb8(arr)
-        if frames == 1:
-            arr = arr[None]
-        slabs.append(arr)
-        if not colour:
-            pairs += _rescale_pairs(ds, frames)
-    if inverted:
+        raise ScanReadError(first.path, str(exc)) from None
+    # Then each file is parsed once (header and pixel data) and decoded; the slices are
+    # put in order afterwards.
+    slices = [_read_slice(path, first) for path in paths]
+    if len(slices) > 1:
+        headers, sort_warns, med, pos = order_slices([sl.header for sl in slices])
+        warns += sort_warns
+        by_header = {id(sl.header): sl for sl in slices}
+        slices = [by_header[id(h)] for h in headers]
+    else:
+        headers, med, pos = [slices[0].header], None, None
+    h0, ds0 = headers[0], slices[0].header.ds
+    for sl in slices:
+        warns += sl.warnings
+    if any(sl.inverted for sl in slices):
         warns.append(
             ScanWarning(
                 "monochrome1_inverted",
@@ -496,8 +542,10 @@ def load_dicom(entry: ScanEntry, max_bytes: int | None = None) -> Scan:
                 "info",
             )
         )
-    data = np.concatenate(slabs, axis=0) if len(slabs) > 1 else slabs[0]
-    del slabs
+    pairs = [pair for sl in slices if not sl.colour for pair in sl.rescale]
+    data = (np.concatenate([sl.pixels for sl in slices], axis=0) if len(slices) > 1
+            else slices[0].pixels)
+    del slices
     rgb = data.shape[-1] == 3 and (h0.samples == 3 or str(
         ds0.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR")
     if not rgb:

@@ -485,6 +485,15 @@ def read_header(path: str | os.PathLike, *, all_tags: bool = False) -> DicomHead
         le = (int.from_bytes(nxt[0:2], "little"), int.from_bytes(nxt[2:4], "little"))
         be = (int.from_bytes(nxt[0:2], "big"), int.from_bytes(nxt[2:4], "big"))
         has_pixels = le in _PIXEL_TAGS or be in _PIXEL_TAGS
+    return header_of(path, ds, has_pixels, headless)
+
+
+def header_of(path: str, ds: Any, has_pixels: bool, headless: bool) -> DicomHeader:
+    """The :class:`DicomHeader` of a dataset read from ``path`` (with or without pixels).
+
+    ``plausible``: a headless (force-read) dataset needs real group 0008/0028 elements; a
+    Part 10 file needs them or a MediaStorageSOPClassUID.
+    """
     plausible = _plausible(ds)
     if not headless and not plausible:
         sop = _meta_value(ds, "MediaStorageSOPClassUID")
