@@ -219,3 +219,20 @@ def test_complex_nifti_becomes_its_magnitude(tmp_path):
     assert scan.data.dtype == np.float32 and "complex_magnitude" in {
         w.code for w in scan.warnings}
     assert sorted(scan.data.ravel()) == pytest.approx(sorted(np.arange(60.0)), abs=1e-4)
+
+
+def test_uncompressed_file_shorter_than_its_header_says_is_refused_before_reading(tmp_path):
+    import tracemalloc
+
+    path = _write(tmp_path / "cut.nii", np.ones((4, 5, 6), np.float32), np.eye(4))
+    raw = bytearray(path.read_bytes())
+    for k, n in ((1, 200), (2, 200), (3, 6000)):  # dim[1..3] (int16 at byte 40 + 2k)
+        raw[40 + 2 * k:42 + 2 * k] = n.to_bytes(2, "little")
+    path.write_bytes(bytes(raw))  # declares 960 MB (under the 4 GiB limit), holds 480 bytes
+    tracemalloc.start()
+    with pytest.raises(ScanReadError, match="truncated file") as err:
+        load_nifti(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
+    assert peak < 20 << 20  # the 960 MB are never allocated

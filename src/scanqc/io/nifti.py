@@ -227,6 +227,26 @@ def _to_spl(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return out, affine @ m
 
 
+def _check_file_holds(path: str, header: object, spatial: tuple[int, ...], dtype: object) -> None:
+    """Refuse an uncompressed ``.nii`` shorter than the volume its header declares.
+
+    Without this, a header whose dimensions were corrupted (a flipped bit made one axis
+    352,321,538 long) has the reader allocate and fill up to the per-scan limit (4 GiB)
+    before the short read fails. Gzipped files are bounded by the limit alone (their
+    length is only known once decompressed).
+    """
+    if not path.lower().endswith(".nii"):  # gzipped (or a header/image pair)
+        return
+    try:
+        need = int(header.get_data_offset()) + int(np.prod(spatial)) * np.dtype(dtype).itemsize
+        size = Path(path).stat().st_size
+    except (OSError, TypeError, ValueError):
+        return
+    if size < need:
+        raise ScanReadError(path, f"truncated file ({size} bytes; the header declares "
+                            f"{need} bytes up to the end of the first volume)")
+
+
 #: Luminance weights of a colour voxel (ITU-R BT.601, as PIL's "L" conversion).
 _LUMA = {"R": 0.299, "G": 0.587, "B": 0.114}
 
@@ -306,6 +326,7 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
         check_declared_size(spatial, out_dtype, max_bytes)
     except ValueError as exc:
         raise ScanReadError(path, str(exc)) from exc
+    _check_file_holds(path, header, spatial, dtype)
     try:
         if extra:
             arr = np.asanyarray(img.dataobj[(Ellipsis, *([0] * len(extra)))])
