@@ -413,16 +413,22 @@ def _declared(h: DicomHeader, n_files: int) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _check_header(h: DicomHeader) -> None:
-    """Raise for a file that cannot be a slice of an image (one line naming it)."""
+def _check_header(h: DicomHeader, pixels_first: bool = False) -> None:
+    """Raise for a file that cannot be a slice of an image (one line naming it).
+
+    Args:
+        h: The file's header.
+        pixels_first: Test for pixel data before plausibility (a full read of a file cut
+            short: "no pixel data" says more than "transfer syntax unknown").
+    """
     if h.is_dicomdir:
         raise ScanReadError(h.path, "DICOMDIR index file: no pixel data")
-    if not h.plausible:
-        raise ScanReadError(h.path, "file meta missing and transfer syntax unknown")
-    if not h.has_pixels:
+    if not h.has_pixels and (pixels_first or h.plausible):
         sop = h.sop_class_name
         raise ScanReadError(h.path, f"no pixel data (SOP class: {sop})" if sop
                             else "no pixel data")
+    if not h.plausible:
+        raise ScanReadError(h.path, "file meta missing and transfer syntax unknown")
 
 
 @dataclass
@@ -446,11 +452,7 @@ def _read_slice(path: str, first: DicomHeader) -> _Slice:
     warns: list[ScanWarning] = []
     ds, headless = _read_dataset(path)
     h = header_of(path, ds, any(k in ds for k in _PIXEL_KEYWORDS), headless)
-    if not h.has_pixels:  # e.g. cut short: "no pixel data" says more than "not plausible"
-        sop = h.sop_class_name
-        raise ScanReadError(path, f"no pixel data (SOP class: {sop})" if sop
-                            else "no pixel data")
-    _check_header(h)
+    _check_header(h, pixels_first=True)
     if (h.rows, h.cols, h.samples) != (first.rows, first.cols, first.samples):
         raise ScanReadError(first.path, "slices differ in size (Rows/Columns): not one volume")
     _prepare_dataset(ds, path, warns)
