@@ -84,7 +84,7 @@ def test_fuzz_synthetic_inputs():
         def one(data):
             clear_folder(folder)
             case = make_case(HypothesisDraw(data), folder, seeds, bombs=False)
-            out = run_case(case)
+            out = run_case(case, pipeline=True)  # loaded scans: checks + slices too
             outcomes.append(out)
             assert out.ok, f"{case.kind} ({case.seed}): {out.failures}"
 
@@ -116,7 +116,7 @@ def test_fuzz_real_files(shared_data):
         def one(data):
             clear_folder(folder)
             case = make_case(HypothesisDraw(data), folder, seeds, bombs=False)
-            out = run_case(case)
+            out = run_case(case, pipeline=True)  # loaded scans: checks + slices too
             outcomes.append(out)
             assert out.ok, f"{case.kind} ({case.seed}): {out.failures}"
 
