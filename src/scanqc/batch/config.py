@@ -34,8 +34,8 @@ class ScoreConfig:
             (:func:`scanqc.models.siamese.fit_reference_model`).
         finetune_epochs: Its optimiser steps.
         reference_model: An already fitted :class:`scanqc.models.siamese.ReferenceModel`
-            (e.g. from :func:`fit_references`); slices are embedded through its head
-            (and ``finetune`` is not repeated).
+            (e.g. from :func:`scanqc.batch.engine.fit_references`); slices are embedded
+            through its head (and ``finetune`` is not repeated).
         model_name: Bundled encoder name (:func:`scanqc.models.encoder.load_encoder`).
         encoder: An already built encoder module (tests, custom models); overrides
             ``model_name``.
