@@ -38,6 +38,7 @@ def test_score_end_to_end_csv_and_html(tmp_path, tiny_model, capsys):
     assert by_path["odd0.nii.gz"]["bad_score"] > by_path["sub/vol2.nii.gz"]["bad_score"]
     err = capsys.readouterr().err
     assert "8 scanned" in err and "1 errors" in err and "flagged" in err
+    assert "scanqc: error: broken.nii.gz: " in err  # the cause, on the console too
     assert html.is_file() and "odd0.nii.gz" in html.read_text()
     assert (tmp_path / "out" / "report.csv.cache.sqlite").is_file()
     # a second run with --resume reads nothing new and keeps one row per scan

@@ -186,6 +186,8 @@ _PHASES = {
     "fine-tuning on the references": ("fine-tuning", "step"),
     "scoring": ("scoring", "scan"),
 }
+#: Error rows whose cause is repeated on the console after the summary line.
+_SHOWN_ERRORS = 3
 #: The fine-tuning progress message (``fine-tuning 3/60``).
 _EPOCH = re.compile(r"fine-tuning \d+/\d+")
 
@@ -259,11 +261,14 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(not args.no_progress)
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0}
     flagged_paths: dict[str, tuple[str, ...]] = {}
+    errors: list[str] = []  # the first few error causes, echoed at the end
     interrupted = False
     try:
         for row in score(args.paths, references=refs, config=config, progress=bar, cache=cache):
             writer.write(row)
             counts[row.get("status") or "error"] = counts.get(row.get("status") or "error", 0) + 1
+            if row.get("status") == "error" and len(errors) < _SHOWN_ERRORS:
+                errors.append(str(row.get("error") or row.get("path") or "?"))
             counts["cached"] += bool(row.get("_cached"))
             if row.get("flagged"):
                 counts["flagged"] += 1
@@ -283,6 +288,11 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
+    for text in errors:
+        print(f"scanqc: error: {text}", file=sys.stderr)
+    if counts["error"] > len(errors):
+        print(f"scanqc: ... and {counts['error'] - len(errors)} more errors: the rows with "
+              f"status=error in {out_file}", file=sys.stderr)
     if interrupted:
         print("scanqc: interrupted; rows already written are kept (rerun with --resume)",
               file=sys.stderr)
