@@ -60,14 +60,7 @@ RowCallback = Callable[[dict[str, Any]], None]
 
 # ----------------------------------------------------------------------------- inputs
 def _common_root(entries: Sequence[ScanEntry]) -> str | None:
-    paths = [os.path.abspath(e.path) for e in entries if e.path]
-    if not paths:
-        return None
-    try:
-        common = os.path.commonpath(paths)
-    except ValueError:
-        return None
-    return common if os.path.isdir(common) else os.path.dirname(common)
+    return _common_root_paths([e.path for e in entries if e.path])
 
 
 def _discover(paths: Sequence[str | Path], root: str | None, progress: ProgressCallback | None,

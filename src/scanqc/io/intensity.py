@@ -74,28 +74,46 @@ def robust_window(
     return lo, hi
 
 
-def _count_percentiles(counts: np.ndarray, offset: int, q: Sequence[float]) -> list[float]:
-    """``np.percentile(values, q)`` (linear method) of the integers counted in ``counts``.
+def percentile_positions(
+    n: int, q: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lower rank, upper rank, weight)`` of ``np.percentile``'s linear method.
 
-    ``counts[i]`` is how many values equal ``offset + i``. The order statistics come from
-    the cumulative counts instead of a partition; the interpolation repeats numpy's own
-    arithmetic (``(n - 1) * q / 100`` and its two-sided ``_lerp``), so the result is the
-    same float64 value.
+    numpy's own arithmetic for ``n`` sorted values (``(n - 1) * q / 100``); combine the
+    two order statistics with :func:`percentile_lerp` to get numpy's float64 result.
     """
-    cum = np.cumsum(counts)
-    n = int(cum[-1])
     virtual = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
     prev = np.floor(virtual)
     above = virtual >= n - 1
     prev_i = np.where(above, n - 1, prev).astype(np.intp)
     next_i = np.where(above, n - 1, prev + 1).astype(np.intp)
-    gamma = virtual - np.where(above, -1, prev).astype(np.intp)
-    a = (offset + np.searchsorted(cum, prev_i, side="right")).astype(np.float64)
-    b = (offset + np.searchsorted(cum, next_i, side="right")).astype(np.float64)
+    gamma = virtual - np.where(above, -1, prev)
+    return prev_i, next_i, gamma
+
+
+def percentile_lerp(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> list[float]:
+    """Two-sided linear interpolation between order statistics ``a`` and ``b`` (numpy's)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     diff = b - a
     out = a + diff * gamma
     np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
     return [float(v) for v in out]
+
+
+def _count_percentiles(counts: np.ndarray, offset: int, q: Sequence[float]) -> list[float]:
+    """``np.percentile(values, q)`` (linear method) of the integers counted in ``counts``.
+
+    ``counts[i]`` is how many values equal ``offset + i``. The order statistics come from
+    the cumulative counts instead of a partition; the interpolation is numpy's own
+    (:func:`percentile_positions`, :func:`percentile_lerp`), so the result is the same
+    float64 value.
+    """
+    cum = np.cumsum(counts)
+    prev_i, next_i, gamma = percentile_positions(int(cum[-1]), q)
+    a = offset + np.searchsorted(cum, prev_i, side="right")
+    b = offset + np.searchsorted(cum, next_i, side="right")
+    return percentile_lerp(a, b, gamma)
 
 
 #: Largest value span counted with a histogram by :func:`_integer_window`.

@@ -4,8 +4,9 @@
 builds its result through several array operations: on the small samples of the QC checks
 (a few thousand to 16,384 values) that overhead is about twice the partition itself, and
 the checks take several such statistics per scan. :func:`percentiles` partitions once and
-interpolates with numpy's own linear-method arithmetic (``(n - 1) * q / 100`` and its
-two-sided lerp): on float64 data it returns the same values as ``np.percentile``; float32
+interpolates with numpy's own linear-method arithmetic
+(:func:`scanqc.io.intensity.percentile_positions` and ``percentile_lerp``, shared with the
+histogram window): on float64 data it returns the same values as ``np.percentile``; float32
 data is interpolated in float64 (numpy stays in float32), a difference below 1e-7 relative.
 
 The values must be finite: the checks work on finite copies
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from scanqc.io.intensity import percentile_lerp, percentile_positions
 
 
 def percentiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
@@ -33,22 +36,11 @@ def percentiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
         ValueError: ``values`` is empty.
     """
     v = np.asarray(values).ravel()
-    n = v.size
-    if n == 0:
+    if v.size == 0:
         raise ValueError("percentiles of an empty sample")
-    virtual = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
-    prev = np.floor(virtual)
-    above = virtual >= n - 1
-    prev_i = np.where(above, n - 1, prev).astype(np.intp)
-    next_i = np.where(above, n - 1, prev + 1).astype(np.intp)
-    gamma = virtual - np.where(above, -1, prev)
+    prev_i, next_i, gamma = percentile_positions(v.size, q)
     part = np.partition(v, np.unique(np.concatenate([prev_i, next_i])))
-    a = part[prev_i].astype(np.float64)
-    b = part[next_i].astype(np.float64)
-    diff = b - a
-    out = a + diff * gamma
-    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
-    return [float(x) for x in out]
+    return percentile_lerp(part[prev_i], part[next_i], gamma)
 
 
 def percentile(values: np.ndarray, q: float) -> float:
