@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scanqc.io.scan import printable
+
 #: Quality metrics copied from :func:`scanqc.scoring.quality.quality_metrics`.
 QUALITY_COLUMNS: tuple[str, ...] = (
     "snr",
@@ -74,8 +76,11 @@ STATUSES: tuple[str, ...] = ("ok", "error", "skipped")
 
 
 def _clean_text(value: Any) -> str:
-    """One-line text (no CR/LF/tabs), so that every CSV row is one physical line."""
-    return " ".join(str(value).split())
+    """One-line, valid Unicode text (no CR/LF/tabs, see :func:`scanqc.io.scan.printable`).
+
+    Every CSV row is one physical line, and an undecodable file name cannot stop a report.
+    """
+    return printable(" ".join(str(value).split()))
 
 
 def format_value(column: str, value: Any) -> str:

@@ -45,7 +45,7 @@ from scanqc.batch.config import KNN_REFERENCE_ID, ScoreConfig
 from scanqc.batch.embedder import Embedder
 from scanqc.batch.pipeline import entry_row, error_row, prepare_entry
 from scanqc.batch.runners import InlineRunner, Result, largest_first, make_runner
-from scanqc.io.scan import ScanEntry
+from scanqc.io.scan import ScanEntry, file_name_of
 from scanqc.progress import CancelToken, ProgressCallback, check, report
 
 __all__ = ["KNN_REFERENCE_ID", "ReferenceContext", "RowCallback", "ScoreConfig",
@@ -93,8 +93,9 @@ def resolve_references(
         if text in by_id:
             out.append(by_id[text])
             continue
-        cand = [text] if os.path.isabs(text) else [text] + ([os.path.join(root, text)]
-                                                             if root else [])
+        cand = []
+        for name in dict.fromkeys((text, file_name_of(text))):  # a path copied from a report
+            cand += [name] if os.path.isabs(name) or not root else [name, os.path.join(root, name)]
         found = None
         for c in cand:
             ap = os.path.abspath(c)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.batch.columns import QUALITY_COLUMNS, empty_row
-from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning
+from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning, printable
 
 
 def worker_init() -> None:
@@ -80,15 +80,15 @@ def entry_row(entry: ScanEntry, root: str | None) -> dict[str, Any]:
     row = empty_row()
     row.update(
         scan_id=entry.scan_id,
-        path=relative_path(entry.path, root),
-        name=entry.name or Path(entry.path).name,
+        path=printable(relative_path(entry.path, root)),  # a report's text (io.scan.printable)
+        name=printable(entry.name or Path(entry.path).name),
         kind=entry.kind,
         format=entry.format,
         modality=entry.modality,
         shape=_fmt_tuple(entry.shape),
         spacing=_fmt_tuple(entry.spacing),
         status=entry.status,
-        error=" ".join(str(entry.error).split()) if entry.status != "ok" else "",
+        error=printable(" ".join(str(entry.error).split())) if entry.status != "ok" else "",
     )
     if entry.warnings:
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(
@@ -109,7 +109,7 @@ def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "err
         cause = cause.replace(p, relative_path(p, root))  # no absolute paths in reports
     if root:
         cause = cause.replace(os.path.abspath(root) + os.sep, "")
-    row.update(status=status, error=f"{row['path'] or entry.name}: {cause}")
+    row.update(status=status, error=printable(f"{row['path'] or entry.name}: {cause}"))
     return row
 
 

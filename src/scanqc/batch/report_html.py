@@ -25,6 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from scanqc import __version__
+from scanqc.io.scan import file_name_of
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
 
     paths = tuple(row.get("_paths") or ())
     if not paths and row.get("path"):
-        paths = (os.path.join(root or "", str(row["path"])),)
+        paths = (os.path.join(root or "", file_name_of(str(row["path"]))),)
     if not paths:
         return []
     entry = ScanEntry(scan_id=str(row.get("scan_id") or ""), paths=paths,
@@ -115,12 +116,14 @@ def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
 
 def _href(row: dict[str, Any], root: str | None, out_dir: Path) -> str:
     paths = row.get("_paths") or ()
-    target = paths[0] if paths else os.path.join(root or "", str(row.get("path") or ""))
+    target = paths[0] if paths else os.path.join(
+        root or "", file_name_of(str(row.get("path") or "")))
     try:
         rel = os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir))
     except ValueError:
         rel = os.path.abspath(target)
-    return quote(Path(rel).as_posix())
+    # a name that is not UTF-8 links by its own bytes (%FF), as a browser opens it
+    return quote(Path(rel).as_posix(), errors="surrogateescape")
 
 
 def _order(row: dict[str, Any]) -> tuple:
@@ -242,6 +245,6 @@ def write_html_report(
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.write_text("\n".join(parts), encoding="utf-8", errors="backslashreplace")
     os.replace(tmp, path)
     return path

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from scanqc.io.scan import Scan, ScanEntry, ScanReadError
+from scanqc.io.scan import Scan, ScanEntry, ScanReadError, printable
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,9 +49,9 @@ def entry_record(entry: ScanEntry) -> dict[str, Any]:
     """The JSON record of a discovered entry (header information only)."""
     return {
         "scan_id": entry.scan_id,
-        "path": entry.path,
+        "path": printable(entry.path),  # valid Unicode for every JSON reader
         "n_files": len(entry.paths),
-        "name": entry.name,
+        "name": printable(entry.name),
         "kind": entry.kind,
         "format": entry.format,
         "modality": entry.modality,
@@ -59,7 +59,7 @@ def entry_record(entry: ScanEntry) -> dict[str, Any]:
         "spacing": _jsonable(entry.spacing),
         "series_description": entry.description,
         "status": entry.status,
-        "error": entry.error,
+        "error": printable(entry.error),
         "warnings": [w.code for w in entry.warnings],
     }
 
@@ -81,7 +81,7 @@ def scan_record(entry: ScanEntry, result: Scan | ScanReadError | None) -> dict[s
             warnings=[w.code for w in result.warnings],
         )
     elif isinstance(result, ScanReadError):
-        rec.update(status="error", error=result.cause)
+        rec.update(status="error", error=printable(result.cause))
     return rec
 
 

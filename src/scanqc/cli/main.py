@@ -8,8 +8,10 @@ is ``run(args) -> int``. Heavy imports (torch, pandas) happen inside ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scanqc: interrupted; rows already written are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `scanqc info DIR | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):  # no second error when Python flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (OSError, ValueError) as exc:
         print(f"scanqc: error: {exc}", file=sys.stderr)
         return 1

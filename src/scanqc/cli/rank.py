@@ -47,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "labels in docs/active_learning.md, EXAMINE as an order did not)")
     p.add_argument("--labels", type=Path, default=None,
                    help="labels CSV (scanqc labels export): scan_id and/or path, and region "
-                        "or label")
+                        "or label. Default: the labels in the dataset's label store (those "
+                        "made in napari or by 'scanqc labels import'), if any")
+    p.add_argument("--no-labels", action="store_true",
+                   help="without --labels: ignore the labels in the dataset's label store")
     p.add_argument("--label-column", choices=("auto", "region", "label"), default="auto",
                    help="which column holds the classes (auto: region when any row has one, "
                         "else label)")
@@ -77,13 +80,17 @@ def read_labels_csv(path: str | Path, column: str = "auto") -> dict[str, str]:
         raise ValueError(f"{path}: cannot read the labels file ({exc})") from exc
     if not rows:
         return {}
-    cols = set(rows[0])
-    if not cols & {"scan_id", "path"}:
+    if not set(rows[0]) & {"scan_id", "path"}:
         raise ValueError(f"{path}: needs a scan_id or path column")
+    return _classes(rows, column, path)
+
+
+def _classes(rows: list[dict[str, str]], column: str, source: Path) -> dict[str, str]:
+    """``{"scan_id:ID" or "path:PATH": class}`` from label rows (``column`` may be auto)."""
     if column == "auto":
         column = "region" if any((r.get("region") or "").strip() for r in rows) else "label"
-    if column not in cols:
-        raise ValueError(f"{path}: no {column!r} column")
+    if rows and column not in rows[0]:
+        raise ValueError(f"{source}: no {column!r} column")
     out: dict[str, str] = {}
     for r in rows:
         value = (r.get(column) or "").strip()
@@ -94,6 +101,24 @@ def read_labels_csv(path: str | Path, column: str = "auto") -> dict[str, str]:
             if k:
                 out[f"{key}:{k}"] = value
     return out
+
+
+def store_labels(paths: list[Path], column: str = "auto") -> tuple[dict[str, str], Path] | None:
+    """The labels in the label store of a single dataset folder, with the store's path.
+
+    ``None`` when more than one path is given, or the folder has no store (none is made).
+    """
+    from scanqc.io.labels import LabelStore, default_store_path
+
+    if len(paths) != 1 or not paths[0].is_dir():
+        return None
+    store = default_store_path(paths[0])
+    if not store.is_file():
+        return None
+    with LabelStore.open(store) as st:
+        rows = [{"scan_id": r.scan_id, "path": r.path, "label": r.label or "",
+                 "region": r.region or ""} for r in st.all()]
+    return _classes(rows, column, store), store
 
 
 def _common_root(paths: list[Path]) -> Path:
@@ -118,13 +143,22 @@ def run(args: argparse.Namespace) -> int:
 
     from scanqc.io.discover import discover
     from scanqc.io.labels import entry_relpath
+    from scanqc.io.scan import printable
     from scanqc.scoring.active import compute_ranking, embed_entries
 
     for p in args.paths:
         if not p.exists():
             raise ValueError(f"{p}: no such file or folder")
     root = (args.root or _common_root(list(args.paths))).resolve()
-    labels = read_labels_csv(args.labels, args.label_column) if args.labels else {}
+    labels: dict[str, str] = {}
+    if args.labels:
+        labels = read_labels_csv(args.labels, args.label_column)
+    elif not args.no_labels:
+        found = store_labels(list(args.paths), args.label_column)
+        if found:
+            labels = found[0]
+            print(f"scanqc rank: labels from {found[1]} (--no-labels to ignore them)",
+                  file=sys.stderr)
     entries = [e for e in discover([str(p) for p in args.paths], root=root)
                if e.status != "skipped"]
     rel = {e.scan_id: entry_relpath(e, root) for e in entries}
@@ -138,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
     lab_idx = [i for i, _ in known]
     lab_val = [v for _, v in known]
     rows: list[dict[str, object]] = []
+    used = args.strategy
     if len(ids):
         ranking = compute_ranking(z, lab_idx, lab_val, args.strategy, args.n, seed=args.seed)
+        used = ranking.used
         if ranking.used != ranking.strategy:
             print(f"scanqc rank: {len(set(lab_val))} class(es) labelled; {args.strategy} "
                   f"needs two, ranked by {ranking.used} instead", file=sys.stderr)
@@ -148,15 +184,15 @@ def run(args: argparse.Namespace) -> int:
             scores = [float(np.exp(s)) for s in scores]
         for r, (i, s) in enumerate(zip(ranking.order, scores, strict=True), start=1):
             rows.append({"scan_id": ids[i], "path": rel[ids[i]], "rank": r,
-                         "score": f"{s:.6g}", "strategy": ranking.used, "status": "ok",
+                         "score": f"{s + 0.0:.6g}", "strategy": ranking.used, "status": "ok",
                          "error": ""})
     for i in lab_idx:
         rows.append({"scan_id": ids[i], "path": rel[ids[i]], "rank": "", "score": "",
-                     "strategy": args.strategy, "status": "labelled", "error": ""})
+                     "strategy": used, "status": "labelled", "error": ""})
     for sid, err in errors.items():
         rows.append({"scan_id": sid, "path": rel.get(sid, ""), "rank": "", "score": "",
-                     "strategy": args.strategy, "status": "error",
-                     "error": err.replace(str(root) + os.sep, "")})
+                     "strategy": used, "status": "error",
+                     "error": printable(" ".join(err.replace(str(root) + os.sep, "").split()))})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -117,15 +117,28 @@ def read_reference_file(path: str | Path) -> list[str]:
     items = []
     for line in text.splitlines():
         item = line.split("#", 1)[0].strip()
-        if not item:
-            continue
-        cand = path.parent / item
-        if not os.path.isabs(item) and not Path(item).exists() and cand.exists():
-            item = str(cand.resolve())
-        items.append(item)
+        if item:
+            items.append(_list_path(item, path.parent))
     if not items:
         raise ValueError(f"{path}: the reference list is empty")
     return items
+
+
+def _list_path(item: str, folder: Path) -> str:
+    r"""An item of a reference list as given, or the file it names relative to ``folder``.
+
+    A file name that is not valid UTF-8 appears in scanqc's reports as printable text
+    (``\xff``); such an item names that file again (:func:`scanqc.io.scan.file_name_of`).
+    A scan_id, or a path that exists nowhere, comes back unchanged.
+    """
+    from scanqc.io.scan import file_name_of
+
+    for name in dict.fromkeys((item, file_name_of(item))):
+        if Path(name).exists():
+            return name
+        if not os.path.isabs(name) and (folder / name).exists():
+            return str((folder / name).resolve())
+    return item
 
 
 def _store_references(path: Path) -> list[str]:
@@ -147,10 +160,9 @@ def _csv_references(path: Path, text: str) -> list[str]:
     items = []
     for row in csv.DictReader(io.StringIO(text.lstrip("\ufeff"))):
         if str(row.get("reference") or "").strip().lower() in ("1", "true", "yes", "y"):
-            item = (row.get("scan_id") or "").strip() or (row.get("path") or "").strip()
-            cand = path.parent / item
-            if item and not row.get("scan_id") and not Path(item).exists() and cand.exists():
-                item = str(cand.resolve())
+            item = (row.get("scan_id") or "").strip()
+            if not item and (row.get("path") or "").strip():
+                item = _list_path(row["path"].strip(), path.parent)
             if item:
                 items.append(item)
     if not items:

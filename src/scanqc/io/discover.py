@@ -86,6 +86,9 @@ def _error_entry(path: str, root: str, cause: str, fmt: str = "unknown") -> Scan
     )
 
 
+_NOT_REGULAR = "not a regular file (device, FIFO or socket)"
+
+
 def _walk(
     folder: str, root: str, errors: list[ScanEntry], cancel: CancelToken | None
 ) -> list[FileItem]:
@@ -120,8 +123,10 @@ def _walk(
                     subdirs.append(e.path)
                 elif e.is_file(follow_symlinks=True):
                     items.append(FileItem(e.path, root, False))
-                elif e.is_symlink():
+                elif e.is_symlink() and not os.path.exists(e.path):
                     errors.append(_error_entry(e.path, root, "broken symbolic link"))
+                else:  # a FIFO, socket or device (or a link to one): never opened
+                    errors.append(_error_entry(e.path, root, _NOT_REGULAR))
             except OSError as exc:
                 errors.append(_error_entry(e.path, root, f"cannot read ({exc.strerror})"))
         stack.extend(reversed(subdirs))
@@ -315,10 +320,10 @@ def _explicit_items(
             items.append(FileItem(path, base, True))
         else:
             base = os.path.abspath(root) if root else os.path.dirname(path)
-            if os.path.lexists(path) and not os.path.islink(path):
-                why = "not a regular file (device, FIFO or socket)"
-            elif os.path.islink(path):
+            if os.path.islink(path) and not os.path.exists(path):
                 why = "broken symbolic link"
+            elif os.path.lexists(path):
+                why = _NOT_REGULAR
             else:
                 why = "no such file or folder"
             errors.append(_error_entry(path, base, why))

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from scanqc.io.scan import ScanEntry
+from scanqc.io.scan import ScanEntry, file_name_of, printable
 
 #: Allowed values of ``label`` (besides ``None``).
 LABELS: tuple[str, ...] = ("reference", "good", "bad")
@@ -140,7 +140,7 @@ def _now() -> str:
 def _clean(value: Any) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    text = printable(str(value).strip())
     return text or None
 
 
@@ -198,15 +198,19 @@ def default_store_path(dataset: str | os.PathLike[str], store: str | os.PathLike
 
 
 def _relative(path: str, root: Path | None) -> str:
+    """``path`` relative to ``root`` where it lies under it, as stored (valid Unicode)."""
     if not path:
         return ""
     p = Path(path)
     if root is not None and p.is_absolute():
-        try:
-            return p.resolve().relative_to(root).as_posix()
-        except ValueError:
-            return p.as_posix()
-    return p.as_posix()
+        # the path as the dataset names it first: a file that links to a place outside
+        # the dataset keeps its own name (its target's absolute path may identify someone)
+        for cand in (Path(os.path.abspath(p)), p.resolve()):
+            try:
+                return printable(cand.relative_to(root).as_posix())
+            except ValueError:
+                continue
+    return printable(p.as_posix())
 
 
 class LabelStore:
@@ -555,7 +559,7 @@ def entry_relpath(entry: ScanEntry, root: str | os.PathLike[str] | None) -> str:
         base = str(Path(entry.paths[0]).parent)
     else:
         base = entry.path
-    return _relative(str(Path(base).resolve()) if base else "", root_path)
+    return _relative(os.path.abspath(base) if base else "", root_path)
 
 
 def _path_index(entries: Iterable[ScanEntry], root: Path | None
@@ -574,7 +578,7 @@ def _path_index(entries: Iterable[ScanEntry], root: Path | None
 
 
 def _match_path(text: str, index: dict[str, str], root: Path | None) -> str | None:
-    p = Path(text).expanduser()
+    p = Path(file_name_of(text)).expanduser()  # a name exported as printable text
     candidates = [p] if p.is_absolute() else ([root / p] if root else []) + [Path.cwd() / p]
     for c in candidates:
         try:

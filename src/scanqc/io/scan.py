@@ -18,6 +18,7 @@ Conventions (documented in docs/io.md):
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +70,35 @@ class ScanReadError(Exception):
         self.path = str(path)
         self.cause = " ".join(str(cause).split())  # always one line
         super().__init__(f"{self.path}: {self.cause}")
+
+
+def printable(text: str) -> str:
+    r"""``text`` as valid Unicode: undecodable file-name bytes become ``\xNN``.
+
+    Python hands a file name that is not valid UTF-8 (e.g. Latin-1 bytes from an old
+    archive) back as a string with surrogate escapes, which no UTF-8 writer (CSV, JSON,
+    HTML, SQLite) accepts. Reports show such a byte as the 4 characters ``\xff``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
+
+def file_name_of(text: str) -> str:
+    r"""Inverse of :func:`printable` for file names: ``\x80``-``\xff`` back to bytes.
+
+    Gives the name Python uses for the file again (surrogate escapes), so that a report's
+    ``path`` column opens the file. Names without such sequences come back unchanged.
+    """
+    if "\\x" not in text:
+        return text
+    return re.sub(r"\\x([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
 
 
 def make_scan_id(key: str) -> str:
