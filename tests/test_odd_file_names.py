@@ -142,3 +142,16 @@ def test_info_lines_are_valid_utf8_and_a_closed_pipe_is_quiet(odd_folder) -> Non
         f"{sys.executable} -m scanqc.cli.main info {odd_folder} {odd_folder} {odd_folder}"
         " | head -c 10", shell=True, capture_output=True, check=True)
     assert b"Broken pipe" not in proc.stderr and b"error" not in proc.stderr
+
+
+def test_asymmetry_csv_names_files_relative_to_the_dataset(odd_folder, tmp_path) -> None:
+    out = tmp_path / "asym"
+    assert main(["asymmetry", str(odd_folder), "--out-dir", str(out), "--method",
+                 "intensity", "--no-heatmaps"]) == 0
+    text = (out / "asymmetry.csv").read_bytes().decode("utf-8")
+    assert str(tmp_path) not in text  # no absolute paths, not even in the error causes
+    with open(out / "asymmetry.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    assert rows["r\\xf6ntgen.png"]["status"] == "ok"
+    assert rows["sub/vol0.nii.gz"]["status"] == "ok"
+    assert rows["pipe.dcm"]["error"] == "pipe.dcm: not a regular file (device, FIFO or socket)"

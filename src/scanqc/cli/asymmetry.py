@@ -8,7 +8,8 @@ For every scan found under PATH: a heatmap (``<scan_id>_asymmetry.nii.gz`` for v
 written in the original file's voxel order and affine when the input is NIfTI so it
 overlays the original in any viewer; ``<scan_id>_asymmetry.png`` for 2D images) and one row
 of ``asymmetry.csv``: ``scan_id, path, status, error, asymmetry_score, top_region,
-heatmap, plane_offset_mm, plane_yaw_deg, plane_roll_deg, pair``. Unreadable files give a
+heatmap, plane_offset_mm, plane_yaw_deg, plane_roll_deg, pair`` (paths relative to
+``--root``, else to the common folder of PATH...). Unreadable files give a
 row with status ``error`` and a one-line cause; the batch goes on. Inputs are never modified.
 
 2D images with a DICOM ``ImageLaterality`` (mammograms) are compared with the other side's
@@ -25,13 +26,14 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scanqc.io.scan import Scan, ScanReadError
+from scanqc.io.scan import Scan, ScanReadError, printable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--root", default=None, metavar="DIR", help="dataset root for scan ids")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="dataset root: scan ids and the CSV's paths are relative to it "
+                        "(paths default: the common folder of PATH...)")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder (default: the bundled asymmetry model)")
     p.add_argument("--method", choices=("siamese", "intensity-z", "intensity"), default="siamese",
@@ -132,17 +136,30 @@ def _explicit_pairs(pairs: list[list[str]], root: str | None) -> list[tuple[Any,
 class _Output:
     """The CSV and the heatmap files of one run."""
 
-    def __init__(self, out_dir: Path, heatmaps: bool) -> None:
-        self.out_dir, self.heatmaps = out_dir, heatmaps
+    def __init__(self, out_dir: Path, heatmaps: bool, root: str | None = None) -> None:
+        self.out_dir, self.heatmaps, self.root = out_dir, heatmaps, root
         self.csv_path = out_dir / "asymmetry.csv"
-        self._fh = open(self.csv_path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.writer = csv.DictWriter(self._fh, fieldnames=FIELDS)
         self.writer.writeheader()
         self.n_ok = self.n_err = 0
 
+    def _path(self, path: str) -> str:
+        """``path`` relative to the dataset root, as text (no absolute paths in the CSV)."""
+        from scanqc.batch.pipeline import relative_path
+
+        return printable(relative_path(path, self.root)) if path else ""
+
+    def _text(self, text: str) -> str:
+        if self.root:
+            text = text.replace(os.path.abspath(self.root) + os.sep, "")
+        return printable(" ".join(text.split()))
+
     def row(self, entry: Any, **values: Any) -> None:
         row: dict[str, Any] = dict.fromkeys(FIELDS, "")
-        row.update(scan_id=entry.scan_id, path=entry.path, **values)
+        row.update(scan_id=entry.scan_id, **values)
+        row.update(path=self._path(entry.path), pair=self._path(str(row["pair"] or "")),
+                   error=self._text(str(row["error"] or "")))
         self.n_ok += row.get("status") == "ok"
         self.n_err += row.get("status") == "error"
         self.writer.writerow(row)
@@ -185,6 +202,7 @@ def _one_line(entry: Any, exc: BaseException) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Score every scan; exit 0 unless the command itself cannot run."""
+    from scanqc.batch.engine import default_root
     from scanqc.io.discover import discover
     from scanqc.io.load import read_entry
     from scanqc.models.asymmetry_net import load_bundled, load_model
@@ -209,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     # image pairs always use the encoder (docs/asymmetry.md); volumes only for "siamese"
     if args.method == "siamese" or explicit or pairing.pairs:
         model = load_model(args.model)[0] if args.model else load_bundled()
-    out = _Output(out_dir, not args.no_heatmaps)
+    root = args.root or default_root([*args.paths, *(p for pair in args.pair or () for p in pair)])
+    out = _Output(out_dir, not args.no_heatmaps, root)
     try:
         for entry in pairing.others:
             scan = read_entry(entry)
