@@ -21,7 +21,7 @@ from PIL import Image
 from scanqc.cli.main import main
 from scanqc.io.discover import discover
 from scanqc.io.load import load_scan, open_scans
-from test_privacy_writers import make_identified_dataset, run_every_writer
+from test_privacy_writers import SERIES_DIR, make_identified_dataset, run_every_writer
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
@@ -105,7 +105,7 @@ def test_every_command_leaves_inputs_untouched(tmp_path, monkeypatch):
     (root / "bad.png").write_bytes(b"broken")
     (root / "notes.txt").write_text("not a scan")
     os.chmod(root / "hand.png", 0o444)  # read-only inputs must be fine too
-    os.chmod(root / "ct_series" / "slice0.dcm", 0o444)
+    os.chmod(root / SERIES_DIR / "slice0.dcm", 0o444)
     inputs_before = _snapshot(root)
     outside_before = {p for p in _snapshot(tmp_path) if not p.startswith("in")}
 

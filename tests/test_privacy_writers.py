@@ -2,7 +2,8 @@
 
 Distinctive identifiers are planted in synthetic DICOM files (patient, institution,
 physician and accession tags; private tags; nested sequences; free-text descriptions that
-quote them; instance UIDs) and in NIfTI headers (``descrip``, ``aux_file``, ``intent_name``,
+quote them; instance UIDs; folder and file names made of the patient's name, ID and
+accession number) and in NIfTI headers (``descrip``, ``aux_file``, ``intent_name``,
 ``db_name``, a header extension) and PNG text chunks. Then every writer scanqc has runs over
 the folder: ``scanqc info`` (with and without ``--load``), ``scanqc score`` to CSV, JSON
 lines and parquet with ``--html`` (thumbnails of flagged scans embedded) and ``--resume``
@@ -58,6 +59,12 @@ PLANTED: dict[str, str] = {
     "nifti_ext": "NEXTZQ24680",
     "png_text": "PNGZQ13579",
 }
+
+
+#: Folder and file names that carry identifiers (as PACS and CD exports name them).
+SERIES_DIR = "ZQXLASTNAME_ZQXFIRSTNAME_PIDZQ77314"
+XRAY_FILE = "ACCZQ99813.dcm"
+BROKEN_FILE = "broken PIDZQ77314.dcm"
 
 
 def needles() -> list[str]:
@@ -172,15 +179,16 @@ def _nifti(path: Path, seed: int, noise: bool = False) -> None:
 def make_identified_dataset(root: Path) -> dict[str, Path]:
     """Write the dataset with planted identifiers; return a few notable paths."""
     root.mkdir(parents=True)
-    series = root / "ct_series"
+    # PACS exports name folders and files after the patient or the accession number
+    series = root / SERIES_DIR
     series.mkdir()
     for i in range(4):
         _dicom(series / f"slice{i}.dcm", series_uid=PLANTED["SeriesInstanceUID"],
                sop_uid=f"1.2.826.0.1.3680043.9.7777.424242.10{i}", index=i)
-    _dicom(root / "xray.dcm", series_uid="1.2.826.0.1.3680043.9.7777.424242.20",
+    _dicom(root / XRAY_FILE, series_uid="1.2.826.0.1.3680043.9.7777.424242.20",
            sop_uid="1.2.826.0.1.3680043.9.7777.424242.21", index=0, modality="DX",
            rows=48, cols=40)
-    _dicom(root / "broken.dcm", series_uid="1.2.826.0.1.3680043.9.7777.424242.30",
+    _dicom(root / BROKEN_FILE, series_uid="1.2.826.0.1.3680043.9.7777.424242.30",
            sop_uid="1.2.826.0.1.3680043.9.7777.424242.31", index=0, modality="DX",
            truncate=True)
     (root / "vols").mkdir()
@@ -252,8 +260,8 @@ def run_every_writer(root: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
     with open(labels_in, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "reason", "region", "note"])
-        w.writerow(["xray.dcm", "bad", "artifact", "chest", "checked"])
-        w.writerow(["ct_series", "good", "", "head", ""])
+        w.writerow([XRAY_FILE, "bad", "artifact", "chest", "checked"])
+        w.writerow([SERIES_DIR, "good", "", "head", ""])
         w.writerow(["vols/vol0.nii.gz", "reference", "", "head", ""])
     model_dir = _tiny_model_dir(work / "tiny_model")
     score = ["--workers", "0", "--max-slices", "4", "--no-progress"]
@@ -353,11 +361,11 @@ def test_header_metadata_and_scan_entries_carry_no_planted_value(tmp_path: Path)
 
     from scanqc.io.discover import discover
     from scanqc.io.load import load_scan
-    from scanqc.io.privacy import safe_dicom_metadata, scrub
+    from scanqc.io.privacy import redact_names, safe_dicom_metadata, scrub
 
     root = tmp_path / "dataset"
     make_identified_dataset(root)
-    ds = pydicom.dcmread(root / "xray.dcm")
+    ds = pydicom.dcmread(root / XRAY_FILE)
     meta = safe_dicom_metadata(ds)
     # the free-text fields quoting the institution, a name and the accession are blanked
     assert meta["StudyDescription"] == meta["SeriesDescription"] == "[redacted]"
@@ -368,13 +376,44 @@ def test_header_metadata_and_scan_entries_carry_no_planted_value(tmp_path: Path)
     assert find_planted(json.dumps(everything).encode())  # the raw header does carry them
     assert not find_planted(json.dumps(scrub(everything)).encode())
     for entry in discover([root], root=root):
-        text = json.dumps({"name": entry.name, "description": entry.description,
+        # names are made of folder and file names, which here carry identifiers: every
+        # writer passes them through redact_names with the entry's private names
+        name = redact_names(entry.name, entry.private_names)
+        assert not find_planted(redact_names(entry.path, entry.private_names).encode())
+        if find_planted(entry.name.encode()):
+            assert entry.format == "dicom" and entry.private_names, entry.name
+        text = json.dumps({"name": name, "description": entry.description,
                            "error": entry.error, "header": entry.header}, default=str)
-        assert not find_planted(text.encode()), entry.name
+        assert not find_planted(text.encode()), name
         if entry.status == "ok" and entry.format == "dicom":
             try:
                 scan = load_scan(entry)
             except Exception:  # noqa: BLE001 - broken.dcm: its error is checked above
                 continue
-            blob = json.dumps({"meta": scan.metadata, "name": scan.name}, default=str)
+            blob = json.dumps({"meta": scan.metadata,
+                               "name": redact_names(scan.name, entry.private_names)},
+                              default=str)
             assert not find_planted(blob.encode()), entry.name
+
+
+def test_identifying_folder_names_are_redacted_unless_asked_for(tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """Paths stay usable: only the identifying names go, and the user can keep them."""
+    from scanqc.batch.output import read_report
+
+    root = tmp_path / "dataset"
+    make_identified_dataset(root)
+    model = _tiny_score_encoder()
+    monkeypatch.setattr("scanqc.models.encoder.load_encoder",
+                        lambda name="encoder", device="auto": model)
+    args = ["--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"]
+    assert main(["score", str(root), "--out", str(tmp_path / "r.csv"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "3 paths hold the patient's name or an ID" in err and "--include-identifiers" in err
+    paths = {r["path"] for r in read_report(tmp_path / "r.csv")}
+    assert {"[redacted]/slice0.dcm", "[redacted].dcm", "hand.png", "vols/vol0.nii.gz"} <= paths
+    assert main(["score", str(root), "--out", str(tmp_path / "raw.csv"),
+                 "--include-identifiers", *args]) == 0
+    assert "[redacted]" not in capsys.readouterr().err
+    paths = {r["path"] for r in read_report(tmp_path / "raw.csv")}
+    assert {f"{SERIES_DIR}/slice0.dcm", XRAY_FILE, BROKEN_FILE} <= paths

@@ -58,6 +58,9 @@ class ScoreConfig:
         asymmetry: Fill ``asymmetry_score`` with the left-right asymmetry score of
             :func:`scanqc.scoring.asymmetry.asymmetry_map` (in the workers; about 5-7 s
             per head volume, so off by default).
+        include_identifiers: Write folder and file names that hold a patient identifier
+            as they are; by default they become ``[redacted]``
+            (:func:`scanqc.io.privacy.identifying_names`).
     """
 
     workers: int = 2
@@ -86,6 +89,7 @@ class ScoreConfig:
     flush_seconds: float = 2.0
     optimize: bool = True
     asymmetry: bool = False
+    include_identifiers: bool = False
 
     def prep_options(self, root: str | None, content: bool) -> dict[str, Any]:
         """Options passed to :func:`scanqc.batch.pipeline.prepare_entry`."""
@@ -102,7 +106,7 @@ class ScoreConfig:
     def cache_hash(self) -> str:
         """Hash of every setting that changes a row (for the resume cache key)."""
         keys = ("size", "max_slices", "statistic", "threshold", "finetune", "finetune_epochs",
-                "checks", "knn_k", "asymmetry")
+                "checks", "knn_k", "asymmetry", "include_identifiers")
         d = asdict(self) if self.encoder is None else {k: getattr(self, k) for k in keys}
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]

@@ -35,6 +35,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +378,8 @@ class _Run:
             # large folders: headers read in worker processes (the same entries)
             entries = discover_parallel(items, self.root, self.config.workers, self.progress,
                                         self.cancel)
+        if self.config.include_identifiers:  # rows keep the names as they are
+            entries = [replace(e, private_names={}) if e.private_names else e for e in entries]
         self.total, self.done = len(entries), 0
         report(self.progress, 0, self.total, "scoring")
         use_cache = self.cache is not None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.batch.columns import QUALITY_COLUMNS, empty_row
+from scanqc.io.privacy import redact_names
 from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning, printable
 
 
@@ -78,17 +79,20 @@ def warnings_columns(warnings: list[ScanWarning]) -> tuple[str, str, str]:
 def entry_row(entry: ScanEntry, root: str | None) -> dict[str, Any]:
     """The descriptive part of a row, from discovery only (no pixels read)."""
     row = empty_row()
+    names = entry.private_names  # folder/file names holding an identifier -> [redacted]
     row.update(
         scan_id=entry.scan_id,
-        path=printable(relative_path(entry.path, root)),  # a report's text (io.scan.printable)
-        name=printable(entry.name or Path(entry.path).name),
+        # a report's text: io.scan.printable (valid UTF-8), io.privacy.redact_names
+        path=printable(redact_names(relative_path(entry.path, root), names)),
+        name=printable(redact_names(entry.name or Path(entry.path).name, names)),
         kind=entry.kind,
         format=entry.format,
         modality=entry.modality,
         shape=_fmt_tuple(entry.shape),
         spacing=_fmt_tuple(entry.spacing),
         status=entry.status,
-        error=printable(" ".join(str(entry.error).split())) if entry.status != "ok" else "",
+        error=printable(redact_names(" ".join(str(entry.error).split()), names))
+        if entry.status != "ok" else "",
     )
     if entry.warnings:
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(
@@ -109,6 +113,7 @@ def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "err
         cause = cause.replace(p, relative_path(p, root))  # no absolute paths in reports
     if root:
         cause = cause.replace(os.path.abspath(root) + os.sep, "")
+    cause = redact_names(cause, entry.private_names)
     row.update(status=status, error=printable(f"{row['path'] or entry.name}: {cause}"))
     return row
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from scanqc import __version__
+from scanqc.io.privacy import REDACTED
 from scanqc.io.scan import file_name_of
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
 
 
 def _href(row: dict[str, Any], root: str | None, out_dir: Path) -> str:
+    """A relative link to the row's file; ``""`` when its path names a patient."""
+    if REDACTED in str(row.get("path") or ""):
+        return ""  # the link would carry the name the report leaves out
     paths = row.get("_paths") or ()
     target = paths[0] if paths else os.path.join(
         root or "", file_name_of(str(row.get("path") or "")))
@@ -225,10 +229,11 @@ def write_html_report(
         region = row.get("region") or ""
         if row.get("region_mismatch"):
             region = f"{region} (header: {row.get('header_region') or '?'})"
+        label = _esc(row.get("name") or row.get("path"))
         parts.append(
             f"<tr class='{_esc(cls)}'><td>{imgs}</td>"
-            f"<td class='wrap name'><a href='{_esc(href)}'>"
-            f"{_esc(row.get('name') or row.get('path'))}</a>"
+            f"<td class='wrap name'>"
+            + (f"<a href='{_esc(href)}'>{label}</a>" if href else label) +
             f"<div class='small'>{_esc(row.get('path'))} &middot; {_esc(row.get('kind'))} "
             f"{_esc(row.get('modality'))} {_esc(row.get('shape'))}</div></td>"
             f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"

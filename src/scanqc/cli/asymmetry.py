@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from scanqc.io.privacy import redact_names
 from scanqc.io.scan import Scan, ScanReadError, printable
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="write folder and file names that hold the patient's name or an ID "
+                        "as they are (default: [redacted])")
     p.add_argument("--root", default=None, metavar="DIR",
                    help="dataset root: scan ids and the CSV's paths are relative to it "
                         "(paths default: the common folder of PATH...)")
@@ -136,36 +140,45 @@ def _explicit_pairs(pairs: list[list[str]], root: str | None) -> list[tuple[Any,
 class _Output:
     """The CSV and the heatmap files of one run."""
 
-    def __init__(self, out_dir: Path, heatmaps: bool, root: str | None = None) -> None:
+    def __init__(self, out_dir: Path, heatmaps: bool, root: str | None = None,
+                 include_identifiers: bool = False) -> None:
         self.out_dir, self.heatmaps, self.root = out_dir, heatmaps, root
+        self.include_identifiers = include_identifiers
         self.csv_path = out_dir / "asymmetry.csv"
         self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.writer = csv.DictWriter(self._fh, fieldnames=FIELDS)
         self.writer.writeheader()
         self.n_ok = self.n_err = 0
 
-    def _path(self, path: str) -> str:
+    def _path(self, path: str, names: dict[str, str]) -> str:
         """``path`` relative to the dataset root, as text (no absolute paths in the CSV)."""
         from scanqc.batch.pipeline import relative_path
 
-        return printable(relative_path(path, self.root)) if path else ""
+        return self._text(relative_path(path, self.root), names) if path else ""
 
-    def _text(self, text: str) -> str:
+    def _text(self, text: str, names: dict[str, str]) -> str:
+        """One line of valid text; identifying folder and file names redacted."""
         if self.root:
             text = text.replace(os.path.abspath(self.root) + os.sep, "")
-        return printable(" ".join(text.split()))
+        names = {} if self.include_identifiers else names
+        return printable(redact_names(" ".join(text.split()), names))
 
-    def row(self, entry: Any, **values: Any) -> None:
+    def row(self, entry: Any, partner: Any = None, **values: Any) -> None:
         row: dict[str, Any] = dict.fromkeys(FIELDS, "")
         row.update(scan_id=entry.scan_id, **values)
-        row.update(path=self._path(entry.path), pair=self._path(str(row["pair"] or "")),
-                   error=self._text(str(row["error"] or "")))
+        names = dict(entry.private_names)
+        if partner is not None:
+            names.update(partner.private_names)
+            row["pair"] = self._path(partner.path, names)
+        row.update(path=self._path(entry.path, names),
+                   error=self._text(str(row["error"] or ""), names))
         self.n_ok += row.get("status") == "ok"
         self.n_err += row.get("status") == "error"
         self.writer.writerow(row)
         self._fh.flush()
 
-    def result(self, entry: Any, scan: Scan, res: Any, **values: Any) -> None:
+    def result(self, entry: Any, scan: Scan, res: Any, partner: Any = None,
+               **values: Any) -> None:
         row: dict[str, Any] = {
             "status": "ok",
             "asymmetry_score": f"{res.score:.6g}",
@@ -187,7 +200,7 @@ class _Output:
                 hp = self.out_dir / f"{sid}_asymmetry.png"
                 _png_heatmap(res.heatmap, hp)
             row["heatmap"] = hp.name
-        self.row(entry, **row)
+        self.row(entry, partner, **row)
 
     def close(self) -> None:
         self._fh.close()
@@ -228,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "siamese" or explicit or pairing.pairs:
         model = load_model(args.model)[0] if args.model else load_bundled()
     root = args.root or default_root([*args.paths, *(p for pair in args.pair or () for p in pair)])
-    out = _Output(out_dir, not args.no_heatmaps, root)
+    out = _Output(out_dir, not args.no_heatmaps, root, args.include_identifiers)
     try:
         for entry in pairing.others:
             scan = read_entry(entry)
@@ -253,16 +266,16 @@ def run(args: argparse.Namespace) -> int:
                     cause = str(s) if isinstance(s, ScanReadError) else (
                         f"{e.path}: partner {partner.path} unreadable" if isinstance(s, Scan)
                         else f"{e.path}: not an image")
-                    out.row(e, status="error", error=cause, pair=partner.path)
+                    out.row(e, partner, status="error", error=cause)
                 continue
             try:
                 res_l, res_r = asymmetry_pair(scans[0], scans[1], model)
             except _ERRORS as exc:
                 for e, partner in ((left, right), (right, left)):
-                    out.row(e, status="error", error=_one_line(e, exc), pair=partner.path)
+                    out.row(e, partner, status="error", error=_one_line(e, exc))
                 continue
-            out.result(left, scans[0], res_l, pair=right.path)
-            out.result(right, scans[1], res_r, pair=left.path)
+            out.result(left, scans[0], res_l, partner=right)
+            out.result(right, scans[1], res_r, partner=left)
     finally:
         out.close()
     print(f"scanqc asymmetry: {out.n_ok} scored, {out.n_err} errors -> {out.csv_path}",

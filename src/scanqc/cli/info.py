@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from scanqc.io.privacy import redact_names
 from scanqc.io.scan import Scan, ScanEntry, ScanReadError, printable
 
 
@@ -35,6 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="dataset root for stable scan ids (default: each PATH)")
     p.add_argument("--load", action="store_true",
                    help="also decode pixel data (slower; undecodable pixels -> status error)")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="print folder and file names that hold the patient's name or an ID "
+                        "as they are (default: [redacted])")
     p.set_defaults(func=run)
     return p
 
@@ -45,13 +49,18 @@ def _jsonable(v: Any) -> Any:
     return [float(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
+def _text(text: str, entry: ScanEntry) -> str:
+    """``text`` as printed: valid Unicode, names in ``entry.private_names`` redacted."""
+    return printable(redact_names(text, entry.private_names))
+
+
 def entry_record(entry: ScanEntry) -> dict[str, Any]:
     """The JSON record of a discovered entry (header information only)."""
     return {
         "scan_id": entry.scan_id,
-        "path": printable(entry.path),  # valid Unicode for every JSON reader
+        "path": _text(entry.path, entry),  # valid Unicode, identifying names redacted
         "n_files": len(entry.paths),
-        "name": printable(entry.name),
+        "name": _text(entry.name, entry),
         "kind": entry.kind,
         "format": entry.format,
         "modality": entry.modality,
@@ -59,7 +68,7 @@ def entry_record(entry: ScanEntry) -> dict[str, Any]:
         "spacing": _jsonable(entry.spacing),
         "series_description": entry.description,
         "status": entry.status,
-        "error": printable(entry.error),
+        "error": _text(entry.error, entry),
         "warnings": [w.code for w in entry.warnings],
     }
 
@@ -81,7 +90,7 @@ def scan_record(entry: ScanEntry, result: Scan | ScanReadError | None) -> dict[s
             warnings=[w.code for w in result.warnings],
         )
     elif isinstance(result, ScanReadError):
-        rec.update(status="error", error=printable(result.cause))
+        rec.update(status="error", error=_text(result.cause, entry))
     return rec
 
 
@@ -92,12 +101,16 @@ def run(args: argparse.Namespace) -> int:
         from scanqc.io.load import open_scans
 
         for entry, result in open_scans(args.paths, root=args.root):
+            if args.include_identifiers:
+                entry.private_names = {}
             out.write(json.dumps(scan_record(entry, result)) + "\n")
             out.flush()
         return 0
     from scanqc.io.discover import discover
 
     for entry in discover(args.paths, root=args.root):
+        if args.include_identifiers:
+            entry.private_names = {}
         out.write(json.dumps(entry_record(entry)) + "\n")
     out.flush()
     return 0

@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--root", type=Path, default=None,
                    help="dataset root; paths are written relative to it (default: common "
                         "folder of PATH...)")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="write folder and file names that hold the patient's name or an ID "
+                        "as they are (default: [redacted])")
     p.set_defaults(func=run)
     return p
 
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scanqc.io.discover import discover
     from scanqc.io.labels import entry_relpath
+    from scanqc.io.privacy import redact_names
     from scanqc.io.scan import printable
     from scanqc.scoring.active import compute_ranking, embed_entries
 
@@ -161,7 +165,11 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     entries = [e for e in discover([str(p) for p in args.paths], root=root)
                if e.status != "skipped"]
-    rel = {e.scan_id: entry_relpath(e, root) for e in entries}
+    if args.include_identifiers:
+        for e in entries:
+            e.private_names = {}
+    rel = {e.scan_id: entry_relpath(e, root) for e in entries}  # identifying names redacted
+    names = {e.scan_id: e.private_names for e in entries}
     model = _load_model(args.model_dir)
     ids, z, errors = embed_entries(entries, model=model, max_slices=args.max_slices)
     known = []
@@ -192,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     for sid, err in errors.items():
         rows.append({"scan_id": sid, "path": rel.get(sid, ""), "rank": "", "score": "",
                      "strategy": used, "status": "error",
-                     "error": printable(" ".join(err.replace(str(root) + os.sep, "").split()))})
+                     "error": printable(redact_names(" ".join(
+                         err.replace(str(root) + os.sep, "").split()), names.get(sid)))})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -38,6 +38,9 @@ def add_parser(subparsers: Any) -> None:
     pr.add_argument("--tta", action="store_true", help="average with mirrored slices")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
     pr.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    pr.add_argument("--include-identifiers", action="store_true",
+                    help="print folder and file names that hold the patient's name or an ID "
+                         "as they are (default: [redacted])")
     pr.set_defaults(func=run_predict)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -86,18 +89,26 @@ def run_predict(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"scanqc: {exc}", file=sys.stderr)
         return 2
+    from scanqc.io.privacy import redact_names
+    from scanqc.io.scan import printable
+
     n_ok = 0
     entries = discover(args.paths)
     for entry in entries:
-        label = entry.name or entry.path
+        names = {} if args.include_identifiers else entry.private_names
+
+        def shown(text: str, names: dict[str, str] = names) -> str:
+            return printable(redact_names(text, names))
+
+        label = shown(entry.name or entry.path)
         if entry.status != "ok":
-            print(f"{entry.path}: {entry.status}: {entry.error}", file=sys.stderr)
+            print(shown(f"{entry.path}: {entry.status}: {entry.error}"), file=sys.stderr)
             continue
         try:
             scan = load_scan(entry)
             pred = predict_region(scan, encoder, probe, tta=args.tta)
         except (ScanReadError, ValueError) as exc:
-            print(f"{entry.path}: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(shown(f"{entry.path}: {' '.join(str(exc).split())}"), file=sys.stderr)
             continue
         n_ok += 1
         cols = pred.columns()

@@ -83,6 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--asymmetry", action="store_true",
                    help="also fill asymmetry_score with the left-right asymmetry score "
                         "(about 5-7 s per head volume; heatmaps: scanqc asymmetry)")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="write folder and file names that hold the patient's name or an ID "
+                        "from the DICOM header as they are (default: [redacted])")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds one scan may take before it is reported as an error")
     p.add_argument("--cache", type=Path, default=None,
@@ -246,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     from scanqc.batch.cache import ResultCache
     from scanqc.batch.engine import ScoreConfig, default_root, score
     from scanqc.batch.output import ReportWriter, format_from_path, read_report
+    from scanqc.io.privacy import REDACTED
 
     t0 = time.perf_counter()
     for p in args.paths:
@@ -264,14 +268,14 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, scheduler=args.scheduler, device=args.device, root=root,
         max_slices=args.max_slices or None, statistic=args.statistic, threshold=args.threshold,
         finetune=args.finetune, timeout=args.timeout, resume=args.resume,
-        asymmetry=args.asymmetry,
+        asymmetry=args.asymmetry, include_identifiers=args.include_identifiers,
     )
     cache = None
     if not args.no_cache:
         cache = ResultCache(args.cache or args.out.with_name(args.out.name + ".cache.sqlite"))
     writer = ReportWriter(args.out, fmt, resume=args.resume)
     bar = _Bar(not args.no_progress)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0}
     flagged_paths: dict[str, tuple[str, ...]] = {}
     errors: list[str] = []  # the first few error causes, echoed at the end
     interrupted = False
@@ -282,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
             if row.get("status") == "error" and len(errors) < _SHOWN_ERRORS:
                 errors.append(str(row.get("error") or row.get("path") or "?"))
             counts["cached"] += bool(row.get("_cached"))
+            counts["redacted"] += REDACTED in str(row.get("path") or "")
             if row.get("flagged"):
                 counts["flagged"] += 1
                 flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
@@ -300,6 +305,10 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
+    if counts["redacted"]:
+        print(f"scanqc: {counts['redacted']} paths hold the patient's name or an ID from the "
+              "DICOM header in a folder or file name: written as [redacted] "
+              "(--include-identifiers keeps them)", file=sys.stderr)
     for text in errors:
         print(f"scanqc: error: {text}", file=sys.stderr)
     if counts["error"] > len(errors):

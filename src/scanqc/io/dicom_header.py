@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.io import limits
-from scanqc.io.privacy import REDACTION_FIELDS, safe_dicom_metadata
+from scanqc.io.privacy import REDACTION_FIELDS, identifying_names, safe_dicom_metadata
 from scanqc.io.scan import ScanReadError
 
 #: File name endings that announce DICOM (files without them are still sniffed).
@@ -248,6 +248,20 @@ class DicomHeader:
     headless: bool = False
     plausible: bool = True
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def private_names(self) -> dict[str, str]:
+        """Names in :attr:`path` that hold a patient identifier, and their stand-ins.
+
+        See :func:`scanqc.io.privacy.identifying_names`.
+        """
+        if "private_names" not in self._cache:
+            try:
+                with _quiet():
+                    self._cache["private_names"] = identifying_names(self.path, self.ds)
+            except Exception:  # noqa: BLE001 - a broken value must not stop discovery
+                self._cache["private_names"] = {}
+        return self._cache["private_names"]
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """Return a header value, or ``default`` when absent or unreadable."""

@@ -194,7 +194,14 @@ def headers_to_entries(
         root: Dataset root used for display names and path-based ids.
     """
     with _quiet():  # one for all the values read below
-        return _group(headers, root)
+        entries = _group(headers, root)
+    by_path = {h.path: h for h in headers}
+    for e in entries:  # names that identify the patient, to redact in exports
+        for p in e.paths:
+            h = by_path.get(p)
+            if h is not None and h.private_names:
+                e.private_names.update(h.private_names)
+    return entries
 
 
 def _group(headers: Sequence[DicomHeader], root: str | None) -> list[ScanEntry]:

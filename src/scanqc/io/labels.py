@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scanqc.io.privacy import redact_names
 from scanqc.io.scan import ScanEntry, file_name_of, printable
 
 #: Allowed values of ``label`` (besides ``None``).
@@ -553,13 +554,18 @@ class LabelStore:
 
 
 def entry_relpath(entry: ScanEntry, root: str | os.PathLike[str] | None) -> str:
-    """Return the path of ``entry`` relative to ``root``: its file, or its series folder."""
+    """Return the path of ``entry`` relative to ``root``: its file, or its series folder.
+
+    Folder and file names that hold a patient identifier are ``[redacted]``
+    (``entry.private_names``; :func:`scanqc.io.privacy.redact_names`).
+    """
     root_path = Path(root).resolve() if root else None
     if entry.kind == "series" and len(entry.paths) > 1:
         base = str(Path(entry.paths[0]).parent)
     else:
         base = entry.path
-    return _relative(os.path.abspath(base) if base else "", root_path)
+    rel = _relative(os.path.abspath(base) if base else "", root_path)
+    return printable(redact_names(rel, entry.private_names))
 
 
 def _path_index(entries: Iterable[ScanEntry], root: Path | None

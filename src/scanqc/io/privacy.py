@@ -10,7 +10,10 @@ dict about to be written). Rules:
   transfer syntax from the standard) is kept, any other UID is replaced by a short hash;
 * free-text fields (descriptions, protocol names) are blanked when they contain the
   patient's name or id, which some sites type into them;
-* values become plain JSON-friendly Python values (str, int, float, lists of those).
+* values become plain JSON-friendly Python values (str, int, float, lists of those);
+* folder and file names that hold the patient's name or an ID (``DOE_JANE_12345/``) are
+  written as ``[redacted]`` (:func:`identifying_names`, :func:`redact_names`) unless the
+  user asks for identifiers (``--include-identifiers``).
 """
 
 from __future__ import annotations
@@ -217,6 +220,54 @@ def _identifiers(ds: Any) -> list[str]:
                 parts += re.split(r"[\^\s,=]+", text)
             found += [p.strip().lower() for p in parts if len(p.strip()) >= 3]
     return found
+
+
+#: What a folder or file name holding a patient identifier becomes in exports.
+REDACTED = "[redacted]"
+#: A file extension kept on a redacted file name (``.dcm``, ``.ima``; not ``.1234`` of a UID).
+_EXTENSION_RE = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,4}$")
+
+
+def identifying_names(path: str, ds: Any) -> dict[str, str]:
+    """Folder and file names of ``path`` that hold an identifier of ``ds``, and their stand-ins.
+
+    PACS and CD exports often name folders after the patient (``DOE_JANE_12345/``) or the
+    accession number. A name matches when one of the header's identifying values (the
+    patient's and physicians' names and their components, IDs, accession number, birth
+    date, institution; see :func:`_identifiers`) appears in it as a whole word (bounded by
+    anything but a letter or a digit), case-insensitively.
+
+    Returns:
+        ``{name: "[redacted]"}``, or ``"[redacted].dcm"`` for a file name with an
+        extension; empty when nothing matches. The names themselves identify the patient:
+        they are kept in memory to redact exports and never written.
+    """
+    ids = [i for i in dict.fromkeys(_identifiers(ds)) if i.strip()]
+    if not ids:
+        return {}
+    words = re.compile("(?<![0-9a-z])(?:" + "|".join(
+        re.escape(i) for i in sorted(ids, key=len, reverse=True)) + ")(?![0-9a-z])")
+    out: dict[str, str] = {}
+    parts = [p for p in re.split(r"[\\/]", str(path)) if p]
+    for i, name in enumerate(parts):
+        if words.search(name.lower()):
+            ext = _EXTENSION_RE.search(name) if i == len(parts) - 1 else None
+            out[name] = REDACTED + (ext.group(0) if ext else "")
+    return out
+
+
+def redact_names(text: str, names: dict[str, str] | None) -> str:
+    """``text`` (a path, a display name, an error message) with ``names`` replaced.
+
+    ``names`` comes from :func:`identifying_names`; longer names are replaced first, so a
+    file name is not half replaced by a folder name inside it.
+    """
+    if not names or not text:
+        return text
+    for name in sorted(names, key=len, reverse=True):
+        if name in text:
+            text = text.replace(name, names[name])
+    return text
 
 
 def safe_dicom_metadata(ds: Any) -> dict[str, Any]:

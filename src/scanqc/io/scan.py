@@ -131,6 +131,10 @@ class ScanEntry:
         spacing: Spacing in mm if known from the header.
         header: Non-identifying header fields used for grouping and checks.
         warnings: Findings made during discovery (e.g. missing slices).
+        private_names: Folder and file names in :attr:`paths` that hold a patient
+            identifier from the DICOM header, with their ``[redacted]`` stand-ins
+            (:func:`scanqc.io.privacy.identifying_names`). Only used to redact what is
+            written; never written itself.
     """
 
     scan_id: str
@@ -146,6 +150,7 @@ class ScanEntry:
     spacing: tuple[float, ...] | None = None
     header: dict[str, Any] = field(default_factory=dict)
     warnings: list[ScanWarning] = field(default_factory=list)
+    private_names: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def path(self) -> str:
