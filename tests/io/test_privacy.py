@@ -112,3 +112,27 @@ def test_scrub_drops_patient_fields_and_hashes_uids() -> None:
     assert out["Modality"] == "MR"
     assert scrub({"MyUID": "1.2.826.0.1.99999.6"})["MyUID"].startswith("uid:")
     assert {"PatientName", "PatientID", "PatientBirthDate"} <= PATIENT_FIELDS
+
+
+def test_identifying_names_match_whole_words_only() -> None:
+    from pydicom.dataset import Dataset
+
+    from scanqc.io.privacy import identifying_names, redact_names
+
+    ds = Dataset()
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "12345"
+    ds.AccessionNumber = "ACC9"
+    path = "/exports/DOE_JANE_12345/CT Chest ACC9/IM-0001-12345.dcm"
+    names = identifying_names(path, ds)
+    assert names == {"DOE_JANE_12345": "[redacted]", "CT Chest ACC9": "[redacted]",
+                     "IM-0001-12345.dcm": "[redacted].dcm"}
+    assert redact_names("DOE_JANE_12345/CT Chest ACC9/IM-0001-12345.dcm", names) == (
+        "[redacted]/[redacted]/[redacted].dcm")
+    # inside a longer word or number it is not the identifier
+    assert identifying_names("/data/Doenitz/janet/123456/ACC99.dcm", ds) == {}
+    assert identifying_names("C:\\exports\\jane doe\\x.dcm", ds) == {"jane doe": "[redacted]"}
+    assert identifying_names("/data/DOE/1.2.840.12345", ds) == {
+        "DOE": "[redacted]", "1.2.840.12345": "[redacted]"}  # no ".12345" extension kept
+    assert identifying_names("/data/DOE_JANE/x.dcm", Dataset()) == {}
+    assert redact_names("no names", {}) == "no names"

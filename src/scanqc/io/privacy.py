@@ -18,6 +18,7 @@ dict about to be written). Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -242,11 +243,10 @@ def identifying_names(path: str, ds: Any) -> dict[str, str]:
         extension; empty when nothing matches. The names themselves identify the patient:
         they are kept in memory to redact exports and never written.
     """
-    ids = [i for i in dict.fromkeys(_identifiers(ds)) if i.strip()]
+    ids = tuple(i for i in dict.fromkeys(_identifiers(ds)) if i.strip())
     if not ids:
         return {}
-    words = re.compile("(?<![0-9a-z])(?:" + "|".join(
-        re.escape(i) for i in sorted(ids, key=len, reverse=True)) + ")(?![0-9a-z])")
+    words = _words_pattern(ids)
     out: dict[str, str] = {}
     parts = [p for p in re.split(r"[\\/]", str(path)) if p]
     for i, name in enumerate(parts):
@@ -254,6 +254,13 @@ def identifying_names(path: str, ds: Any) -> dict[str, str]:
             ext = _EXTENSION_RE.search(name) if i == len(parts) - 1 else None
             out[name] = REDACTED + (ext.group(0) if ext else "")
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _words_pattern(ids: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex matching any of ``ids`` as a whole word (the files of a series share it)."""
+    return re.compile("(?<![0-9a-z])(?:" + "|".join(
+        re.escape(i) for i in sorted(ids, key=len, reverse=True)) + ")(?![0-9a-z])")
 
 
 def redact_names(text: str, names: dict[str, str] | None) -> str:
