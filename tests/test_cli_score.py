@@ -99,6 +99,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tiny_model, capsys):
     empty.write_text("# nothing\n")
     rc = main(["score", str(root), "--references", str(empty), "--out", str(tmp_path / "r.csv")])
     assert rc == 1 and "reference list is empty" in capsys.readouterr().err
+    # an output that is a folder, a cache that is not one: one line each, nothing scored
+    assert main(["score", str(root), "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"scanqc: error: {tmp_path}: is a folder; --out needs a file name")
+    bad = tmp_path / "bad.cache"
+    bad.write_text("not a database")
+    assert main(["score", str(root), "--out", str(tmp_path / "r.csv"), "--cache", str(bad),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"scanqc: error: {bad}: cannot open the resume cache (file is not a "
+                   "database); give another --cache FILE or --no-cache"]
 
 
 def test_empty_folder_writes_an_empty_report_and_says_so(tmp_path, tiny_model, capsys):

@@ -74,16 +74,20 @@ class ResultCache:
         self.commit_every = max(1, int(commit_every))
         self._pending = 0
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS rows ("
-            " scan_id TEXT NOT NULL, content TEXT NOT NULL, model TEXT NOT NULL,"
-            " refset TEXT NOT NULL, config TEXT NOT NULL, row TEXT NOT NULL, vector BLOB,"
-            " PRIMARY KEY (scan_id, content, model, refset, config))"
-        )
-        self._db.commit()
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS rows ("
+                " scan_id TEXT NOT NULL, content TEXT NOT NULL, model TEXT NOT NULL,"
+                " refset TEXT NOT NULL, config TEXT NOT NULL, row TEXT NOT NULL, vector BLOB,"
+                " PRIMARY KEY (scan_id, content, model, refset, config))"
+            )
+            self._db.commit()
+        except sqlite3.Error as exc:  # unwritable folder, a file that is not a cache ...
+            raise ValueError(f"{self.path}: cannot open the resume cache ({exc}); give "
+                             "another --cache FILE or --no-cache") from None
 
     def get(
         self, scan_id: str, content: str, model: str, refset: str, config: str

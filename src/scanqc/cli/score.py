@@ -255,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
     for p in args.paths:
         if not p.exists():
             raise ValueError(f"{p}: no such file or folder")
+    for option, target in (("--out", args.out), ("--html", args.html)):
+        if target is not None and Path(target).is_dir():
+            raise ValueError(f"{target}: is a folder; {option} needs a file name")
     fmt = args.format or format_from_path(args.out)
     refs = read_reference_file(args.references) if args.references else None
     if refs is None and not args.no_labels:
