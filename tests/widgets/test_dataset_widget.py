@@ -303,3 +303,36 @@ def test_packed_entries_round_trip(dataset: Path) -> None:
     entries = [e for p in parts for e in rows_of_part(pickle.dumps(p), {})[0]]
     assert sorted(entries, key=lambda e: e.name) == discover(dataset)
     assert unpack_entries(parts[0]) == entries[:3]
+
+
+def test_odd_file_names_open_and_keep_their_labels(qtbot, make_napari_viewer, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """A Latin-1 file name and a FIFO in the folder: listed, shown, labelled, kept."""
+    import os
+
+    from PIL import Image
+
+    monkeypatch.delenv("SCANQC_LABELS", raising=False)
+    ds = tmp_path / "odd"
+    ds.mkdir()
+    odd = os.fsdecode(b"r\xf6ntgen.png")
+    yy, xx = np.mgrid[:40, :40]
+    Image.fromarray(((xx + yy) * 3).astype(np.uint8)).save(ds / odd)
+    nib.Nifti1Image(np.ones((4, 6, 6), np.int16), np.eye(4)).to_filename(ds / "v.nii.gz")
+    os.mkfifo(ds / "pipe.dcm")  # never opened: discovery must not block on it
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Dataset")
+    w.open_folder(ds)
+    qtbot.waitUntil(lambda: w.model.rowCount() >= 3, timeout=20_000)
+    rows = {Path(r["name"]).name: sid for sid, r in w.state.rows.items()}
+    assert set(rows) == {odd, "v.nii.gz", "pipe.dcm"}
+    w.select_scan(rows[odd])
+    qtbot.waitUntil(lambda: _shown_scan_id(viewer) == rows[odd], timeout=10_000)
+    assert owned_layers(viewer)[0].data.shape == (40, 40)
+    w.state.set_labels([rows[odd]], label="good")
+    w.close()
+    viewer.close()
+    with LabelStore.open(default_store_path(ds)) as store:
+        rec = store.get(rows[odd])
+    assert rec is not None and rec.label == "good" and rec.path == "r\\xf6ntgen.png"
