@@ -329,3 +329,18 @@ def test_parallel_runs_submit_the_largest_scans_first(tmp_path, monkeypatch):
     sizes = [os.path.getsize(p) for p in submitted]
     assert len(submitted) == len(rows) == 6
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_a_lone_scan_without_references_is_flagged_by_its_checks_only(tmp_path):
+    """No dataset to compare with: a blank image is still flagged; a normal scan is not."""
+    from PIL import Image
+
+    from batch import write_png
+
+    Image.new("L", (64, 64), 0).save(tmp_path / "blank.png")
+    write_png(tmp_path / "ok.png", 3)
+    (row,) = score_all([tmp_path / "blank.png"], config=config())
+    assert row["flagged"] is True and row["bad_score"] == pytest.approx(0.9)
+    assert "constant_image" in row["warnings"]
+    (row,) = score_all([tmp_path / "ok.png"], config=config())
+    assert row["status"] == "ok" and row["flagged"] is False and row["bad_score"] is None

@@ -348,7 +348,10 @@ class _Run:
         from scanqc.scoring.reference import combine_with_warnings
 
         held, self._held = self._held, []
-        if len(held) < 2:
+        if len(held) < 2:  # nothing to compare with: flagged only by a counting warning
+            for row, _vec, warns, _content in held:
+                bad, forced = combine_with_warnings(0.0, warns)
+                row.update(flagged=forced, bad_score=bad if forced else None)
             return [row for row, *_ in held]
         scores = knn_outlier_scores(np.stack([h[1] for h in held]), k=self.config.knn_k)
         out = []

@@ -308,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
+    if refs is None and counts["ok"] == 1 and not interrupted:
+        print("scanqc: one readable scan and no references: no outlier score (it compares "
+              "scans with each other); it is flagged only by its checks' warnings. Give "
+              "--references or more scans", file=sys.stderr)
     if counts["redacted"]:
         print(f"scanqc: {counts['redacted']} paths hold the patient's name or an ID from the "
               "DICOM header in a folder or file name: written as [redacted] "
