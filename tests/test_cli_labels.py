@@ -89,3 +89,33 @@ def test_custom_store_and_errors(dataset: Path, tmp_path: Path, capsys) -> None:
     assert main(["labels", "export", str(dataset), "--out", str(tmp_path / "o.csv"),
                  "--store", str(tmp_path / "none.sqlite")]) == 1
     assert "no label store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [
+    b"\xef\xbb\xbfpath;label;note\r\na/scan_0.nii.gz;bad;H\xc3\xa9lo\xc3\xafse\r\n",  # Excel, de
+    b"path\tlabel\tnote\na/scan_0.nii.gz\tbad\tH\xe9lo\xefse\n",  # tab, Windows-1252
+    b"path,label,note\r\na/scan_0.nii.gz,bad,H\xe9lo\xefse\r\n",  # Excel "CSV" on Windows
+])
+def test_import_spreadsheet_csv_variants(dataset: Path, tmp_path: Path, content: bytes,
+                                         monkeypatch) -> None:
+    """Semicolons, tabs, a byte-order mark and Windows-1252 text, as spreadsheets save."""
+    monkeypatch.delenv("SCANQC_LABELS", raising=False)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_bytes(content)
+    assert main(["labels", "import", str(dataset), str(sheet)]) == 0
+    with LabelStore.open(default_store_path(dataset)) as store:
+        (rec,) = store.all()
+    assert (rec.path, rec.label, rec.note) == ("a/scan_0.nii.gz", "bad", "Héloïse")
+
+
+def test_unreadable_csv_is_one_line(dataset: Path, tmp_path: Path, capsys) -> None:
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_bytes(b"path,label\n" + b"x" * 200_000 + b",bad\n")  # over csv's field limit
+    assert main(["labels", "import", str(dataset), str(sheet), "--store",
+                 str(tmp_path / "s.sqlite")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"scanqc: error: {sheet}: not a readable CSV")
+    sheet.write_bytes(b'path,label\na/scan_0.nii.gz\x00,bad\n')  # a NUL byte: no match
+    assert main(["labels", "import", str(dataset), str(sheet), "--store",
+                 str(tmp_path / "s.sqlite")]) == 0
+    assert "0 rows matched, 1 unmatched" in capsys.readouterr().out

@@ -120,3 +120,15 @@ def test_default_strategy_is_margin_once_two_classes_are_labelled(folder, tiny_e
     assert main(["rank", str(folder), "--labels", str(labels), "--model-dir",
                  str(tiny_encoder), "--out", str(out)]) == 0
     assert {r["strategy"] for r in _read(out) if r["status"] == "ok"} == {"margin"}
+
+
+def test_semicolon_labels_file(folder, tiny_encoder, tmp_path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbfpath;region\r\nxr/img0.png;chest\r\nxr/img1.png;hand\r\n")
+    out = tmp_path / "r.csv"
+    assert main(["rank", str(folder), "--labels", str(labels), "--model-dir",
+                 str(tiny_encoder), "--out", str(out)]) == 0
+    rows = _read(out)
+    assert sorted(r["path"] for r in rows if r["status"] == "labelled") == [
+        "xr/img0.png", "xr/img1.png"]
+    assert {r["strategy"] for r in rows if r["status"] == "ok"} == {"margin"}

@@ -75,12 +75,10 @@ def read_labels_csv(path: str | Path, column: str = "auto") -> dict[str, str]:
     Raises:
         ValueError: the file cannot be read or has no usable column (one line).
     """
+    from scanqc.io.labels import read_table
+
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the labels file ({exc})") from exc
+    rows = read_table(path)[1]  # comma, semicolon or tab separated; UTF-8 or Windows-1252
     if not rows:
         return {}
     if not set(rows[0]) & {"scan_id", "path"}:

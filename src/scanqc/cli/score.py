@@ -114,9 +114,9 @@ def read_reference_file(path: str | Path) -> list[str]:
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the reference list ({exc})") from exc
-    first = text.lstrip("\ufeff").split("\n", 1)[0].strip().lower().split(",")
+    first = re.split(r"[,;\t]", text.lstrip("\ufeff").split("\n", 1)[0].strip().lower())
     if "reference" in first and ("scan_id" in first or "path" in first):
-        return _csv_references(path, text)
+        return _csv_references(path)
     items = []
     for line in text.splitlines():
         item = line.split("#", 1)[0].strip()
@@ -155,13 +155,12 @@ def _store_references(path: Path) -> list[str]:
     return items
 
 
-def _csv_references(path: Path, text: str) -> list[str]:
+def _csv_references(path: Path) -> list[str]:
     """scan_ids (else paths) of the rows marked ``reference`` in a labels CSV."""
-    import csv
-    import io
+    from scanqc.io.labels import read_table
 
     items = []
-    for row in csv.DictReader(io.StringIO(text.lstrip("\ufeff"))):
+    for row in read_table(path)[1]:
         if str(row.get("reference") or "").strip().lower() in ("1", "true", "yes", "y"):
             item = (row.get("scan_id") or "").strip()
             if not item and (row.get("path") or "").strip():

@@ -13,6 +13,7 @@ or the ``SCANQC_LABELS`` environment variable (see :func:`default_store_path`).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sqlite3
 import threading
@@ -511,46 +512,76 @@ class LabelStore:
         ids = set(rels)
         items: list[tuple[str, dict[str, Any]]] = []
         unmatched: list[str] = []
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-            if "scan_id" not in cols and "path" not in cols:
-                raise ValueError(f"{csv_path}: needs a 'scan_id' or a 'path' column")
-            for lineno, row in enumerate(reader, start=2):
-                def cell(name: str, row: dict = row) -> str:
-                    key = cols.get(name)
-                    return (row.get(key) or "").strip() if key else ""
+        fieldnames, rows = read_table(csv_path)
+        cols = {c.strip().lower(): c for c in fieldnames}
+        if "scan_id" not in cols and "path" not in cols:
+            raise ValueError(f"{csv_path}: needs a 'scan_id' or a 'path' column")
+        for lineno, row in enumerate(rows, start=2):
+            def cell(name: str, row: dict = row) -> str:
+                key = cols.get(name)
+                return (row.get(key) or "").strip() if key else ""
 
-                sid = cell("scan_id")
-                rel = cell("path")
-                scan_id = sid if sid in ids else None
-                if scan_id is None and rel:
-                    scan_id = _match_path(rel, index, root_path)
-                if scan_id is None:
-                    unmatched.append(rel or sid)
-                    continue
-                changes: dict[str, Any] = {}
-                try:
-                    if cell("label"):
-                        changes["label"] = validate_label(cell("label"))
-                        if changes["label"] == "reference":
-                            changes["reference"] = True
-                        elif changes["label"] == "bad":
-                            changes["reference"] = False
-                    if cell("reason"):
-                        changes["reason"] = validate_reason(cell("reason"))
-                    if cell("reference"):
-                        changes["reference"] = _parse_bool(cell("reference"))
-                except ValueError as exc:
-                    raise ValueError(f"{csv_path} line {lineno}: {exc}") from None
-                for name in ("region", "note"):
-                    if cell(name):
-                        changes[name] = cell(name)
-                changes["path"] = rels.get(scan_id, rel)
-                items.append((scan_id, changes))
+            sid = cell("scan_id")
+            rel = cell("path")
+            scan_id = sid if sid in ids else None
+            if scan_id is None and rel:
+                scan_id = _match_path(rel, index, root_path)
+            if scan_id is None:
+                unmatched.append(rel or sid)
+                continue
+            changes: dict[str, Any] = {}
+            try:
+                if cell("label"):
+                    changes["label"] = validate_label(cell("label"))
+                    if changes["label"] == "reference":
+                        changes["reference"] = True
+                    elif changes["label"] == "bad":
+                        changes["reference"] = False
+                if cell("reason"):
+                    changes["reason"] = validate_reason(cell("reason"))
+                if cell("reference"):
+                    changes["reference"] = _parse_bool(cell("reference"))
+            except ValueError as exc:
+                raise ValueError(f"{csv_path} line {lineno}: {exc}") from None
+            for name in ("region", "note"):
+                if cell(name):
+                    changes[name] = cell(name)
+            changes["path"] = rels.get(scan_id, rel)
+            items.append((scan_id, changes))
         with self._lock:
             self._write(items)
         return ImportResult(matched=len(items), unmatched=unmatched)
+
+
+def read_table(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """``(column names, rows)`` of a CSV file, as spreadsheets write them.
+
+    UTF-8 with or without a byte-order mark, else Windows-1252 (what Excel writes as "CSV"
+    on Windows); comma-separated, or semicolon- or tab-separated when the header line
+    holds no comma (Excel in locales with a decimal comma writes semicolons).
+
+    Raises:
+        ValueError: The file cannot be read (one line naming it).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    header = text.split("\n", 1)[0]
+    delimiter = "," if "," in header else max((";", "\t"), key=header.count)
+    if delimiter != "," and header.count(delimiter) == 0:
+        delimiter = ","
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    return list(reader.fieldnames or []), rows
 
 
 def entry_relpath(entry: ScanEntry, root: str | os.PathLike[str] | None) -> str:
@@ -589,7 +620,7 @@ def _match_path(text: str, index: dict[str, str], root: Path | None) -> str | No
     for c in candidates:
         try:
             key = str(c.resolve())
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the text
             continue
         if key in index:
             return index[key]
