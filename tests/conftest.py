@@ -30,3 +30,14 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """A seeded tiny random encoder standing in for the bundled one (``load_encoder``)."""
+    from batch import tiny_encoder
+
+    model = tiny_encoder()
+    monkeypatch.setattr("scanqc.models.encoder.load_encoder",
+                        lambda name="encoder", device="auto": model)
+    return model

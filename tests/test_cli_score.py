@@ -4,17 +4,9 @@ import json
 
 import pytest
 
-from batch import make_dataset, tiny_encoder
+from batch import make_dataset
 from scanqc.batch.output import read_report
 from scanqc.cli.main import main
-
-
-@pytest.fixture
-def tiny_model(monkeypatch):
-    model = tiny_encoder()
-    monkeypatch.setattr("scanqc.models.encoder.load_encoder",
-                        lambda name="encoder", device="auto": model)
-    return model
 
 
 def _refs(tmp_path, root):

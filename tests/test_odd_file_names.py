@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batch import make_dataset, tiny_encoder, write_png
+from batch import make_dataset, write_png
 from scanqc.batch.output import read_report
 from scanqc.cli.main import main
 from scanqc.io.labels import LabelStore, default_store_path
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX file name
 
 #: A Latin-1 file name ("röntgen.png"): bytes that are not valid UTF-8.
 LATIN1 = os.fsdecode(b"r\xf6ntgen.png")
-
-
-@pytest.fixture
-def tiny_model(monkeypatch):
-    model = tiny_encoder()
-    monkeypatch.setattr("scanqc.models.encoder.load_encoder",
-                        lambda name="encoder", device="auto": model)
-    return model
 
 
 @pytest.fixture
