@@ -39,6 +39,17 @@ def test_score_end_to_end_csv_and_html(tmp_path, tiny_model, capsys):
     assert rc == 0
     assert "(7 from the resume cache)" in capsys.readouterr().err
     assert len(read_report(out)) == 8
+    # other references with --resume: the report would mix two kinds of score: refused,
+    # and the rows already there are kept as they were
+    before = out.read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("ds/sub/vol1.nii.gz\nds/sub/vol2.nii.gz\n")
+    rc = main(["score", str(root), "--references", str(other), "--out", str(out),
+               "--workers", "0", "--max-slices", "4", "--no-progress", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "scored with another model or reference set" in err
+    assert "--resume would mix them" in err
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize("fmt", ["json", "parquet"])

@@ -145,6 +145,8 @@ class ReportWriter:
         self.flush_seconds = float(flush_seconds)
         self.fsync = fsync
         self.existing_ids: set[str] = set()
+        #: ``(model_version, reference_set_id)`` of the scored rows already in the report
+        self.existing_runs: set[tuple[str, str]] = set()
         self.rows_written = 0
         self._buf: list[dict[str, Any]] = []
         self._oldest = 0.0
@@ -179,12 +181,14 @@ class ReportWriter:
                 raise ValueError(
                     f"{self.file}: existing report has other columns; cannot resume into it"
                 )
-            rows = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
-            self.existing_ids = {r["scan_id"] for r in rows if r.get("scan_id")}
-            return False
-        for line in lines:
-            if line.strip():
-                self.existing_ids.add(str(json.loads(line).get("scan_id", "")))
+            rows = list(csv.DictReader(io.StringIO("\n".join(lines) + "\n")))
+        else:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        for r in rows:
+            if r.get("scan_id"):
+                self.existing_ids.add(str(r["scan_id"]))
+            if r.get("reference_set_id"):
+                self.existing_runs.add(_run_of(r))
         return False
 
     def _write_bytes(self, data: bytes) -> None:
@@ -196,7 +200,20 @@ class ReportWriter:
             os.fsync(self._fd)
 
     def write(self, row: dict[str, Any]) -> bool:
-        """Buffer one row (flushed in batches); return False if its id is already there."""
+        """Buffer one row (flushed in batches); return False if its id is already there.
+
+        Raises:
+            ValueError: Resuming a report whose rows were scored with another model or
+                reference set (the report would mix two kinds of score).
+        """
+        if self.existing_runs and row.get("reference_set_id") and (
+                _run_of(row) not in self.existing_runs):
+            model, refs = next(iter(self.existing_runs))
+            raise ValueError(
+                f"{self.path}: its rows were scored with another model or reference set "
+                f"(model {model or '?'}, references {refs}; now {_run_of(row)[0] or '?'}, "
+                f"{_run_of(row)[1]}); --resume would mix them: write to another --out, or "
+                "score again without --resume")
         sid = str(row.get("scan_id") or "")
         if sid and sid in self.existing_ids:
             return False
@@ -253,6 +270,11 @@ class ReportWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close(finalize=exc[0] is None)
+
+
+def _run_of(row: dict[str, Any]) -> tuple[str, str]:
+    """``(model_version, reference_set_id)`` of a row, as text."""
+    return str(row.get("model_version") or ""), str(row.get("reference_set_id") or "")
 
 
 def _json_record(row: dict[str, Any]) -> dict[str, Any]:
