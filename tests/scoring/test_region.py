@@ -232,6 +232,43 @@ def test_region_from_probs_volume_main_region_and_ordered_coverage():
         region_from_probs(np.zeros((0, 4)), classes, 0.5)
 
 
+def test_no_mismatch_for_a_header_region_the_probe_never_saw():
+    """The shipped probe has no licensed knee images: a KNEE header mismatch is a warn."""
+    from scanqc.scoring.region import region_from_probs, untrained_classes
+
+    classes = ["head", "chest", "lower_limb"]
+    p = _probs(classes, ["chest"], sure=0.95)  # a knee radiograph, confidently "chest"
+    knee = {"BodyPartExamined": "KNEE"}
+    (w,) = region_from_probs(p, classes, 0.5, header=knee).warnings
+    assert w.severity == "high"
+    pred = region_from_probs(p, classes, 0.5, header=knee, untrained=("lower_limb",))
+    assert pred.mismatch and pred.header_region == "lower limb"
+    (w,) = pred.warnings
+    assert w.severity == "warn" and "no training data for lower limb" in w.message
+    # a header the probe can check still gives a high-severity warning
+    (w,) = region_from_probs(p, classes, 0.5, header={"BodyPartExamined": "HEAD"},
+                             untrained=("lower_limb",)).warnings
+    assert w.severity == "high"
+
+    class Probe:
+        metadata = {"classes_without_data": ["neck", "lower_limb"]}
+
+    assert untrained_classes(Probe()) == ("neck", "lower_limb")
+    assert untrained_classes(object()) == ()
+
+
+def test_adapting_on_labels_of_a_class_makes_it_checkable():
+    from scanqc.models.region_probe import RegionProbe, adapt
+
+    rng = np.random.default_rng(0)
+    probe = RegionProbe(8, classes=["head", "chest", "lower_limb"])
+    probe.metadata = {"classes_without_data": ["lower_limb", "spine"]}
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    new = adapt(probe, x, ["lower_limb"] * 6 + ["head"] * 6, epochs=5)
+    assert new.metadata["classes_without_data"] == ["spine"]
+    assert probe.metadata["classes_without_data"] == ["lower_limb", "spine"]  # not modified
+
+
 def test_region_from_embeddings_uses_header_dict():
     from scanqc.scoring.region import region_from_embeddings, region_header
 

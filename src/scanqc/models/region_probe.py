@@ -308,6 +308,11 @@ def adapt(
     for lab in dict.fromkeys(mapped):
         if lab not in new.classes:
             new.add_class(lab)
+    meta = getattr(new, "metadata", None)
+    if isinstance(meta, dict) and meta.get("classes_without_data"):
+        # the user's labels are training data: those classes can be recognised now
+        meta["classes_without_data"] = [c for c in meta["classes_without_data"]
+                                        if c not in set(mapped)]
     anchor = {k: v.detach().clone() for k, v in new.named_parameters()}
     y = _encode_labels(mapped, new.classes)
     _fit(new, x, y, epochs=epochs, lr=lr, weight_decay=0.0, class_balanced=True,

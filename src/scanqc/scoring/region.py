@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +244,7 @@ def region_from_probs(
     is_volume: bool | None = None,
     header: Scan | dict[str, str] | None = None,
     min_confidence: float = 0.7,
+    untrained: Collection[str] = (),
 ) -> RegionPrediction:
     """Aggregate per-slice class probabilities into a :class:`RegionPrediction`.
 
@@ -256,6 +257,9 @@ def region_from_probs(
         is_volume: Volume (per-slice coverage) or 2D image; default: ``N > 1``.
         header: The scan, or its :func:`region_header` dict, for the header check.
         min_confidence: A header mismatch is reported only from this confidence.
+        untrained: Classes the probe had no training data for (:func:`untrained_classes`):
+            a mismatch with a header naming only those is a ``warn``, not ``high`` (it
+            does not flag the scan: the probe cannot recognise those classes).
     """
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 2 or len(p) == 0:
@@ -296,12 +300,26 @@ def region_from_probs(
     hdr = header_regions(hscan)
     warns = [] if region == UNKNOWN else _header_warnings(hscan, region, conf, per_conf,
                                                           min_confidence)
+    if warns and hdr and {h.replace(" ", "_") for h in hdr} <= set(untrained):
+        # the header names only classes the probe never saw (the shipped one: no permissively
+        # licensed knee, spine, neck or breast images), so a confident other answer may be
+        # its own mistake: reported, but it does not flag the scan
+        names = "/".join(sorted(hdr))
+        warns = [ScanWarning(w.code, f"{w.message} (the region model has no training data "
+                             f"for {names}: this may be its mistake)", severity="warn",
+                             slices=w.slices, region=w.region, value=w.value) for w in warns]
     return RegionPrediction(
         region=region, confidence=conf,
         probs={c: float(v) for c, v in zip(classes, mean, strict=True)},
         per_slice=per_slice, header_region="/".join(sorted(hdr)), mismatch=bool(warns),
         warnings=warns,
     )
+
+
+def untrained_classes(probe: Any) -> tuple[str, ...]:
+    """Classes ``probe`` had no training data for (``classes_without_data`` of its card)."""
+    meta = getattr(probe, "metadata", None)
+    return tuple(str(c) for c in (meta or {}).get("classes_without_data") or ())
 
 
 def region_from_embeddings(
@@ -338,7 +356,7 @@ def region_from_embeddings(
     p = probe.predict_proba(np.asarray(embeddings, dtype=np.float32))
     return region_from_probs(p, probe.classes, probe.threshold, slice_index,
                              n_slices=n_slices, is_volume=is_volume, header=header,
-                             min_confidence=min_confidence)
+                             min_confidence=min_confidence, untrained=untrained_classes(probe))
 
 
 def predict_region(
@@ -378,7 +396,7 @@ def predict_region(
     n = int(scan.spatial_shape[0]) if scan.is_volume else 1
     return region_from_probs(p, probe.classes, probe.threshold, idx, n_slices=n,
                              is_volume=scan.is_volume, header=scan,
-                             min_confidence=min_confidence)
+                             min_confidence=min_confidence, untrained=untrained_classes(probe))
 
 
 @dataclass(frozen=True)
