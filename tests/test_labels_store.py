@@ -105,6 +105,32 @@ def test_default_location_beside_dataset(tmp_path: Path, monkeypatch) -> None:
     assert sorted(ds.rglob("*")) == before  # the dataset folder is not written
 
 
+def test_read_only_dataset_location_falls_back_to_the_user_data_folder(
+        tmp_path: Path, monkeypatch) -> None:
+    """An archive on a read-only mount can still be labelled (and each keeps its store)."""
+    import os
+
+    monkeypatch.delenv("SCANQC_LABELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    archive = tmp_path / "mnt"
+    (archive / "study_a").mkdir(parents=True)
+    (archive / "study_b").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == archive
+                        else real_access(p, mode))
+    a = default_store_path(archive / "study_a")
+    b = default_store_path(archive / "study_b")
+    assert a.parent == tmp_path / "data" / "scanqc" / "labels" and a != b
+    assert a.name.startswith("study_a-") and a.name.endswith(".scanqc-labels.sqlite")
+    LabelStore.for_dataset(archive / "study_a").set("s", label="bad", reason="artifact")
+    with LabelStore.open(default_store_path(archive / "study_a")) as store:
+        assert store.get("s").label == "bad"
+    assert not list(archive.glob("*.sqlite"))
+    # a store already beside the dataset is kept where it is
+    (archive / "study_b.scanqc-labels.sqlite").touch()
+    assert default_store_path(archive / "study_b") == archive / "study_b.scanqc-labels.sqlite"
+
+
 def test_export_has_no_identifiers(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     entries = _entries(ds)

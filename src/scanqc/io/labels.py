@@ -13,6 +13,7 @@ or the ``SCANQC_LABELS`` environment variable (see :func:`default_store_path`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import sqlite3
@@ -183,7 +184,11 @@ def default_store_path(dataset: str | os.PathLike[str], store: str | os.PathLike
 
     Order: ``store`` if given, else ``$SCANQC_LABELS`` if set, else
     ``<dataset_parent>/<dataset_name>.scanqc-labels.sqlite`` (beside the dataset, never in
-    it, so input folders are not written).
+    it, so input folders are not written). When that file does not exist and its folder
+    cannot be written (an archive on a read-only mount, a CD), the store goes to the
+    user's data folder instead: ``$XDG_DATA_HOME/scanqc/labels/`` (default
+    ``~/.local/share/scanqc/labels/``), named after the dataset and a hash of its path, so
+    labelling works and each dataset keeps its own store.
 
     Args:
         dataset: The dataset root folder (or a single file).
@@ -196,7 +201,12 @@ def default_store_path(dataset: str | os.PathLike[str], store: str | os.PathLike
         return Path(env).expanduser()
     root = Path(dataset).expanduser().resolve()
     name = root.name or "dataset"
-    return root.parent / f"{name}.scanqc-labels.sqlite"
+    beside = root.parent / f"{name}.scanqc-labels.sqlite"
+    if beside.exists() or os.access(root.parent, os.W_OK):
+        return beside
+    data = Path(os.environ.get("XDG_DATA_HOME", "").strip() or Path.home() / ".local" / "share")
+    digest = hashlib.sha1(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return data / "scanqc" / "labels" / f"{name}-{digest}.scanqc-labels.sqlite"
 
 
 def _relative(path: str, root: Path | None) -> str:
@@ -253,6 +263,10 @@ class LabelStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
             version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:  # e.g. a read-only or missing place
+            raise ValueError(f"{path}: cannot open or create the label store here ({exc}); "
+                             "choose another store (--store, or the SCANQC_LABELS "
+                             "environment variable)") from None
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{path}: not a scanqc label store ({exc})") from None
         if version is not None and int(version[0]) > SCHEMA_VERSION:
