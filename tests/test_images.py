@@ -177,3 +177,22 @@ def test_open_scans_never_stops(tmp_path, gray16):
     kinds = sorted(type(r).__name__ for _, r in results)
     assert kinds == ["Scan", "Scan", "ScanReadError"]
     assert seen[-1] == (3, 3)
+
+
+def test_webp_and_gif_are_found_and_read(tmp_path) -> None:
+    """Web exports of teaching files and cine loops: WebP and (animated) GIF."""
+    from scanqc.io.discover import discover
+    from scanqc.io.load import load_scan
+
+    base = (np.add.outer(np.arange(40), np.arange(50)) * 2).astype(np.uint8)
+    Image.fromarray(base).save(tmp_path / "film.webp", lossless=True)
+    frames = [Image.fromarray(base), Image.fromarray(255 - base)]
+    frames[0].save(tmp_path / "cine.gif", save_all=True, append_images=frames[1:])
+    entries = {e.name: e for e in discover([tmp_path])}
+    assert set(entries) == {"film.webp", "cine.gif"}
+    webp = load_scan(entries["film.webp"])
+    assert webp.spatial_shape == (40, 50)
+    np.testing.assert_array_equal(webp.gray().astype(np.uint8), base)
+    gif = load_scan(entries["cine.gif"])
+    np.testing.assert_array_equal(gif.data, base)  # the first frame, with a warning
+    assert "multi_frame_first" in [w.code for w in gif.warnings]

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanqc.io import dicom
+from scanqc.io.images import IMAGE_SUFFIXES
 from scanqc.io.scan import ScanEntry, ScanReadError, make_scan_id
 from scanqc.progress import CancelToken, ProgressCallback, check, report
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".bmp")
 #: Names never sniffed for DICOM content (saves a read per file in annotated datasets).
 _NEVER_DICOM = (
     ".txt", ".md", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".py",

@@ -18,7 +18,8 @@ from scanqc.io.scan import Scan, ScanReadError, ScanWarning
 
 #: File name endings read by :func:`load_image`.
 IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm", ".pbm", ".tif", ".tiff", ".bmp",
+    ".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm", ".pbm", ".tif", ".tiff", ".bmp", ".webp",
+    ".gif",
 )
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
