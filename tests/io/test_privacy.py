@@ -136,3 +136,17 @@ def test_identifying_names_match_whole_words_only() -> None:
         "DOE": "[redacted]", "1.2.840.12345": "[redacted]"}  # no ".12345" extension kept
     assert identifying_names("/data/DOE_JANE/x.dcm", Dataset()) == {}
     assert redact_names("no names", {}) == "no names"
+
+
+def test_placeholder_patient_values_do_not_redact_folder_names() -> None:
+    """Anonymised data often says "ANONYMOUS" or "Test": words folders share, not names."""
+    from pydicom.dataset import Dataset
+
+    from scanqc.io.privacy import identifying_names
+
+    ds = Dataset()
+    ds.PatientName = "Anonymized^Test"
+    ds.PatientID = "ANONYMOUS"
+    assert identifying_names("/data/anonymized/test/anonymous_01.dcm", ds) == {}
+    ds.PatientID = "PAT0042"
+    assert identifying_names("/data/test/PAT0042/x.dcm", ds) == {"PAT0042": "[redacted]"}

@@ -237,6 +237,13 @@ def _identifiers(ds: Any) -> list[str]:
     return found
 
 
+#: Header values that anonymised and test data put in the patient fields: words, not
+#: identifiers, that folder names share ("anonymized/", "test/", "phantom/").
+_NOT_IDENTIFYING = frozenset({
+    "anonymous", "anonymized", "anonymised", "anonymize", "anonymise", "anon", "removed",
+    "test", "tests", "phantom", "patient", "unknown", "none", "null", "n/a", "na", "nan",
+    "research", "demo", "sample", "study", "series", "image", "images", "dicom", "data",
+})
 #: What a folder or file name holding a patient identifier becomes in exports.
 REDACTED = "[redacted]"
 #: A file extension kept on a redacted file name (``.dcm``, ``.ima``; not ``.1234`` of a UID).
@@ -257,7 +264,8 @@ def identifying_names(path: str, ds: Any) -> dict[str, str]:
         extension; empty when nothing matches. The names themselves identify the patient:
         they are kept in memory to redact exports and never written.
     """
-    ids = tuple(i for i in dict.fromkeys(_identifiers(ds)) if i.strip())
+    ids = tuple(i for i in dict.fromkeys(_identifiers(ds))
+                if i.strip() and i.strip() not in _NOT_IDENTIFYING)
     if not ids:
         return {}
     words = _words_pattern(ids)
