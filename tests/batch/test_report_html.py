@@ -78,3 +78,32 @@ def test_asymmetry_column_only_when_computed(tmp_path):
     # every row has the same number of cells as the header
     body = text.split("<tbody>")[1]
     assert all(r.count("<td") == 8 for r in body.split("<tr")[1:])
+
+
+def test_no_thumbnail_of_pixels_with_burned_in_text_unless_asked(tmp_path):
+    """Ultrasound and screen captures print the patient's name into the pixels."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # US image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality, ds.BurnedInAnnotation = "US", "YES"
+    ds.Rows = ds.Columns = 48
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = (np.add.outer(np.arange(48), np.arange(48)) * 2).astype(np.uint8).tobytes()
+    ds.save_as(tmp_path / "us.dcm", enforce_file_format=True)
+    rows = [{"scan_id": "u", "path": "us.dcm", "name": "us", "kind": "image",
+             "format": "dicom", "status": "ok", "bad_score": 0.9, "flagged": True}]
+    text = write_html_report(rows, tmp_path / "r.html", root=str(tmp_path)).read_text()
+    assert _thumb_counts(text) == [0] and "burned-in text" in text
+    text = write_html_report(rows, tmp_path / "r2.html", root=str(tmp_path),
+                             include_identifiers=True).read_text()
+    assert _thumb_counts(text)[0] >= 1

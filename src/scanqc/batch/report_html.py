@@ -91,8 +91,19 @@ def _thumb(slice2d: np.ndarray, window: tuple[float, float], size: int = 96) -> 
     return np.asarray(im)
 
 
-def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
-    """``[(label, base64 png)]`` for the middle and the worst slice of the row's scan."""
+class BurnedInText(Exception):
+    """The scan's header says its pixels carry burned-in text (names, IDs, dates)."""
+
+
+def thumbnails(row: dict[str, Any], root: str | None, burned_in: bool = False
+               ) -> list[tuple[str, str]]:
+    """``[(label, base64 png)]`` for the middle and the worst slice of the row's scan.
+
+    Raises:
+        BurnedInText: The header says ``BurnedInAnnotation`` YES (ultrasound, screen
+            captures): its pixels may show the patient's name, so no thumbnail is made
+            unless ``burned_in`` (the user asked for identifiers).
+    """
     from scanqc.io.intensity import robust_window
     from scanqc.io.load import load_scan
     from scanqc.io.scan import ScanEntry
@@ -105,6 +116,9 @@ def thumbnails(row: dict[str, Any], root: str | None) -> list[tuple[str, str]]:
     entry = ScanEntry(scan_id=str(row.get("scan_id") or ""), paths=paths,
                       kind=row.get("kind") or "image", format=row.get("format") or "")
     scan = load_scan(entry)
+    if not burned_in and str(scan.metadata.get("BurnedInAnnotation") or "").strip().upper(
+            ) == "YES":
+        raise BurnedInText
     stack = scan.slices()
     window = robust_window(stack, scan.modality)
     mid = stack.shape[0] // 2
@@ -155,6 +169,7 @@ def write_html_report(
     max_thumbnails: int = 48,
     max_rows: int = 5000,
     load_thumbnails: bool = True,
+    include_identifiers: bool = False,
 ) -> Path:
     """Write the HTML report of ``rows`` to ``path``.
 
@@ -168,6 +183,8 @@ def write_html_report(
             order, so flagged scans get them first.
         max_rows: Rows listed in the table (flagged first); the rest are counted only.
         load_thumbnails: Read the files for thumbnails at all.
+        include_identifiers: Also make thumbnails of scans whose header says their pixels
+            carry burned-in text (``BurnedInAnnotation`` YES); by default they get none.
 
     Returns:
         The written path.
@@ -221,7 +238,11 @@ def write_html_report(
             try:
                 imgs = "".join(
                     f"<img class='thumb' title='{_esc(lbl)}' alt='{_esc(lbl)}' "
-                    f"src='data:image/png;base64,{b64}'>" for lbl, b64 in thumbnails(row, root))
+                    f"src='data:image/png;base64,{b64}'>"
+                    for lbl, b64 in thumbnails(row, root, include_identifiers))
+            except BurnedInText:
+                imgs = ("<span class='small'>no thumbnail: the header says the pixels carry "
+                        "burned-in text</span>")
             except Exception as exc:  # noqa: BLE001 - a thumbnail never breaks the report
                 log.debug("no thumbnail for %s: %s", row.get("path"), exc)
         href = _href(row, root, out_dir)

@@ -85,7 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "(about 5-7 s per head volume; heatmaps: scanqc asymmetry)")
     p.add_argument("--include-identifiers", action="store_true",
                    help="write folder and file names that hold the patient's name or an ID "
-                        "from the DICOM header as they are (default: [redacted])")
+                        "from the DICOM header as they are (default: [redacted]), and show "
+                        "thumbnails of images with burned-in text in the HTML report")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds one scan may take before it is reported as an error")
     p.add_argument("--cache", type=Path, default=None,
@@ -335,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             if str(r.get("scan_id")) in flagged_paths:
                 r["_paths"] = flagged_paths[str(r["scan_id"])]
-        write_html_report(rows, args.html, root=root, statistic=args.statistic)
+        write_html_report(rows, args.html, root=root, statistic=args.statistic,
+                          include_identifiers=args.include_identifiers)
         print(f"scanqc: HTML report -> {args.html}", file=sys.stderr)
     return 0

@@ -120,7 +120,8 @@ def run_batch(
             if str(r.get("scan_id")) in paths:
                 r["_paths"] = paths[str(r["scan_id"])]
         html_path = str(write_html_report(rows, html, root=config.root or folder,
-                                          statistic=config.statistic))
+                                          statistic=config.statistic,
+                                          include_identifiers=config.include_identifiers))
     return {
         "n": counts["ok"] + counts["error"] + counts["skipped"],
         **counts,
