@@ -132,3 +132,12 @@ def test_semicolon_labels_file(folder, tiny_encoder, tmp_path) -> None:
     assert sorted(r["path"] for r in rows if r["status"] == "labelled") == [
         "xr/img0.png", "xr/img1.png"]
     assert {r["strategy"] for r in rows if r["status"] == "ok"} == {"margin"}
+
+
+def test_references_count_as_good_scans(folder, tiny_encoder, tmp_path, capsys) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nxr/img0.png,reference\nxr/img1.png,good\n")
+    out = tmp_path / "r.csv"
+    assert main(["rank", str(folder), "--labels", str(labels), "--model-dir",
+                 str(tiny_encoder), "--out", str(out)]) == 0
+    assert "1 class(es) labelled" in capsys.readouterr().err  # good only: not two classes

@@ -87,7 +87,10 @@ def read_labels_csv(path: str | Path, column: str = "auto") -> dict[str, str]:
 
 
 def _classes(rows: list[dict[str, str]], column: str, source: Path) -> dict[str, str]:
-    """``{"scan_id:ID" or "path:PATH": class}`` from label rows (``column`` may be auto)."""
+    """``{"scan_id:ID" or "path:PATH": class}`` from label rows (``column`` may be auto).
+
+    In the ``label`` column a reference is a good scan: both are one class.
+    """
     if column == "auto":
         column = "region" if any((r.get("region") or "").strip() for r in rows) else "label"
     if rows and column not in rows[0]:
@@ -97,6 +100,8 @@ def _classes(rows: list[dict[str, str]], column: str, source: Path) -> dict[str,
         value = (r.get(column) or "").strip()
         if not value:
             continue
+        if column == "label" and value.lower() == "reference":
+            value = "good"
         for key in ("scan_id", "path"):
             k = (r.get(key) or "").strip()
             if k:
