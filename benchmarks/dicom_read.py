@@ -1,6 +1,7 @@
 """CPU time of ``load_scan`` per DICOM file, for a folder of DICOM series.
 
     .venv/bin/python benchmarks/dicom_read.py [--data DIR] [--scans 20] [--repeat 3]
+    .venv/bin/python benchmarks/dicom_read.py --discovery    # discover() of the whole folder
     PYTHONPATH=/path/to/other/checkout/src .venv/bin/python benchmarks/dicom_read.py
 
 Default data: the synthetic archive of ``throughput.py --dicom-series 40`` (40 MR series of
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--scans", type=int, default=20, help="series read per pass")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--discovery", action="store_true",
+                    help="time discover() of the whole folder (headers, grouping, name "
+                         "redaction) instead of load_scan")
     args = ap.parse_args(argv)
 
     import scanqc
@@ -37,6 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         from throughput import generate_dicom_series
 
         args.data = generate_dicom_series(40)
+    if args.discovery:
+        per_file, n_files = [], 0
+        for _ in range(args.repeat):
+            t0 = time.process_time()
+            found = discover([args.data])
+            n_files = sum(len(e.paths) for e in found)
+            per_file.append((time.process_time() - t0) / n_files * 1e3)
+        print(f"{n_files} files from {args.data}; scanqc at {Path(scanqc.__file__).parent}")
+        print(f"discover CPU per file: median {statistics.median(per_file):.3f} ms "
+              f"(passes: {', '.join(f'{v:.3f}' for v in per_file)})")
+        return 0
     entries = [e for e in discover([args.data]) if e.status == "ok" and e.format == "dicom"]
     entries = entries[: args.scans]
     n_files = sum(len(e.paths) for e in entries)
