@@ -306,3 +306,18 @@ def test_progress_bar_names_each_phase(capsys):
         ("fine-tuning", "step")] * 2 + [("scoring", "scan")] * 3
     err = capsys.readouterr().err
     assert "finding scans" in err and "scoring" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["score", ".", "-o", "r.csv", "--threshold", "nan"], "must be a finite number"),
+    (["score", ".", "-o", "r.csv", "--workers", "-1"], "must be 0 or more"),
+    (["score", ".", "-o", "r.csv", "--max-slices", "-3"], "must be 0 or more"),
+    (["score", ".", "-o", "r.csv", "--timeout", "0"], "must be more than 0"),
+    (["rank", ".", "-o", "r.csv", "--n", "0"], "must be 1 or more"),
+    (["region", "predict", ".", "--threads", "two"], "not a number: 'two'"),
+])
+def test_unusable_numbers_are_refused(argv, message, capsys):
+    """NaN thresholds flagged nothing, negative slice counts meant 'all': now refused."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

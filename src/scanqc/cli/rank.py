@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from scanqc.cli.arg_types import non_negative_int, positive_int
 from scanqc.scoring.active import STRATEGIES
 
 #: Output columns, in order.
@@ -54,10 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--label-column", choices=("auto", "region", "label"), default="auto",
                    help="which column holds the classes (auto: region when any row has one, "
                         "else label)")
-    p.add_argument("--n", type=int, default=None, help="write only the first N ranked scans")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="write only the first N ranked scans")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="encoder folder (metadata.json + model.safetensors; default: bundled)")
-    p.add_argument("--max-slices", type=int, default=16, help="slices per volume (default 16)")
+    p.add_argument("--max-slices", type=non_negative_int, default=16,
+                   help="slices per volume (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--root", type=Path, default=None,
                    help="dataset root; paths are written relative to it (default: common "

@@ -8,6 +8,8 @@ import shlex
 import sys
 from typing import Any
 
+from scanqc.cli.arg_types import non_negative_int, positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``scanqc region train`` and ``scanqc region predict``."""
@@ -24,9 +26,10 @@ def add_parser(subparsers: Any) -> None:
     tr.add_argument("--data", required=True, help="data folder holding manifest.csv")
     tr.add_argument("--out", required=True, help="output model folder")
     tr.add_argument("--encoder", default=None, help="encoder folder (default: bundled)")
-    tr.add_argument("--hidden", type=int, default=0, help="MLP hidden units (0: linear)")
+    tr.add_argument("--hidden", type=non_negative_int, default=0,
+                    help="MLP hidden units (0: linear)")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    tr.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     tr.set_defaults(func=run_train)
     pr = sub.add_parser(
         "predict", help="predict the region of scans",
@@ -37,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
     pr.add_argument("--encoder", default=None, help="encoder folder (default: bundled)")
     pr.add_argument("--tta", action="store_true", help="average with mirrored slices")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
-    pr.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    pr.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     pr.add_argument("--include-identifiers", action="store_true",
                     help="print folder and file names that hold the patient's name or an ID "
                          "as they are (default: [redacted])")

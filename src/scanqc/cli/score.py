@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from scanqc.cli.arg_types import finite_float, non_negative_int, positive_float
+
 
 def _default_workers() -> int:
     """One worker per CPU, at most 8.
@@ -57,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "JSON lines")
     p.add_argument("--html", type=Path, default=None, metavar="REPORT.html",
                    help="also write a self-contained HTML report")
-    p.add_argument("--workers", "-j", type=int, default=_default_workers(),
+    p.add_argument("--workers", "-j", type=non_negative_int, default=_default_workers(),
                    help="worker processes reading scans (0: no subprocess; default: one per "
                         "CPU, at most 8: %(default)s here)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
@@ -68,12 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resume", action="store_true",
                    help="keep the rows of an earlier run of the same --out and score only "
                         "the scans not done yet")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=finite_float, default=None,
                    help="distance threshold (default: the references' largest pairwise "
                         "distance; without references the IQR rule)")
     p.add_argument("--statistic", choices=("mean", "min"), default="mean",
                    help="distance to the references: mean (Belton) or min (FewSOME)")
-    p.add_argument("--max-slices", type=int, default=32,
+    p.add_argument("--max-slices", type=non_negative_int, default=32,
                    help="slices per volume used by the model, evenly spaced (0: all)")
     p.add_argument("--root", type=Path, default=None,
                    help="dataset root; report paths are relative to it (default: common "
@@ -87,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="write folder and file names that hold the patient's name or an ID "
                         "from the DICOM header as they are (default: [redacted]), and show "
                         "thumbnails of images with burned-in text in the HTML report")
-    p.add_argument("--timeout", type=float, default=600.0,
+    p.add_argument("--timeout", type=positive_float, default=600.0,
                    help="seconds one scan may take before it is reported as an error")
     p.add_argument("--cache", type=Path, default=None,
                    help="resume cache file (default: <out>.cache.sqlite)")

@@ -11,6 +11,8 @@ import shlex
 import sys
 from typing import Any
 
+from scanqc.cli.arg_types import positive_float, positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``scanqc train``."""
@@ -24,12 +26,12 @@ def add_parser(subparsers: Any) -> None:
         "their slices and train the SliceEncoder with SimCLR. Reproducible from --seed.")
     enc.add_argument("--data", required=True, help="data folder holding manifest.csv")
     enc.add_argument("--out", required=True, help="output model folder")
-    enc.add_argument("--epochs", type=int, default=40)
+    enc.add_argument("--epochs", type=positive_int, default=40)
     enc.add_argument("--seed", type=int, default=0)
-    enc.add_argument("--batch-size", type=int, default=128)
-    enc.add_argument("--lr", type=float, default=2e-3)
-    enc.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    enc.add_argument("--per-plane", type=int, default=16,
+    enc.add_argument("--batch-size", type=positive_int, default=128)
+    enc.add_argument("--lr", type=positive_float, default=2e-3)
+    enc.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    enc.add_argument("--per-plane", type=positive_int, default=16,
                      help="slices per plane taken from each volume")
     enc.set_defaults(func=run)
     asym = sub.add_parser(
@@ -43,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     asym.add_argument("--out", required=True, help="output model folder")
     asym.add_argument("--model", default=None, metavar="DIR",
                       help="start from this model folder (default: the bundled model)")
-    asym.add_argument("--steps", type=int, default=200)
+    asym.add_argument("--steps", type=positive_int, default=200)
     asym.add_argument("--seed", type=int, default=0)
     asym.set_defaults(func=run_asymmetry)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
