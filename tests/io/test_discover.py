@@ -243,3 +243,23 @@ def test_iter_discover_streams_parts_before_the_end(tmp_path: Path) -> None:
     flat = [e for p in parts for e in p]
     assert flat[-1].format == "dicom"  # series are grouped at the end
     assert sorted(flat, key=sort_key) == discover(tmp_path)
+
+
+def test_fifo_and_device_links_get_one_error_each(tmp_path) -> None:
+    """Inside a walked folder too (they were left out), once even when reached twice."""
+    import os
+
+    from scanqc.io.discover import discover
+
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "pipe.dcm")
+    (tmp_path / "zero.nii").symlink_to("/dev/zero")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "sub" / "up").symlink_to("..")  # a loop: the folder is reached twice
+    entries = discover([tmp_path, tmp_path / "sub"], root=tmp_path)
+    errors = sorted((os.path.basename(e.path), e.error) for e in entries)
+    assert errors == [
+        ("gone.png", "broken symbolic link"),
+        ("pipe.dcm", "not a regular file (device, FIFO or socket)"),
+        ("zero.nii", "not a regular file (device, FIFO or socket)"),
+    ]

@@ -418,6 +418,10 @@ def list_files(
         if real not in seen:
             seen.add(real)
             unique.append(it)
+    # a FIFO or device reached twice (through a link, or inside two given folders) is
+    # reported once, as its files are
+    errors = [e for e in errors if not (
+        (real := os.path.realpath(e.path)) in seen or seen.add(real))]
     return unique, errors
 
 
