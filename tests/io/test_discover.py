@@ -255,11 +255,13 @@ def test_fifo_and_device_links_get_one_error_each(tmp_path) -> None:
     os.mkfifo(tmp_path / "pipe.dcm")
     (tmp_path / "zero.nii").symlink_to("/dev/zero")
     (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "gone2.png").symlink_to(tmp_path / "missing.png")  # another file: its own row
     (tmp_path / "sub" / "up").symlink_to("..")  # a loop: the folder is reached twice
     entries = discover([tmp_path, tmp_path / "sub"], root=tmp_path)
     errors = sorted((os.path.basename(e.path), e.error) for e in entries)
     assert errors == [
         ("gone.png", "broken symbolic link"),
+        ("gone2.png", "broken symbolic link"),
         ("pipe.dcm", "not a regular file (device, FIFO or socket)"),
         ("zero.nii", "not a regular file (device, FIFO or socket)"),
     ]

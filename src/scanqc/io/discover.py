@@ -418,11 +418,17 @@ def list_files(
         if real not in seen:
             seen.add(real)
             unique.append(it)
-    # a FIFO or device reached twice (through a link, or inside two given folders) is
-    # reported once, as its files are
-    errors = [e for e in errors if not (
-        (real := os.path.realpath(e.path)) in seen or seen.add(real))]
-    return unique, errors
+    # a FIFO, device link or broken link reached twice (inside two given folders, or
+    # through a folder link) is reported once: keyed by the entry itself (its real folder
+    # and its name), so two links to one missing target stay two errors
+    reported: set[str] = set()
+    kept: list[ScanEntry] = []
+    for e in errors:
+        key = os.path.join(os.path.realpath(os.path.dirname(e.path)), os.path.basename(e.path))
+        if key not in reported:
+            reported.add(key)
+            kept.append(e)
+    return unique, kept
 
 
 def discover_files(
