@@ -31,6 +31,11 @@ def test_score_end_to_end_csv_and_html(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err
     assert "8 scanned" in err and "1 errors" in err and "flagged" in err
     assert "scanqc: error: broken.nii.gz: " in err  # the cause, on the console too
+    # the flagged scans, most suspicious first, with their warnings
+    listed = [line.split()[3] for line in err.splitlines()
+              if line.startswith("scanqc: flagged ")]
+    flagged = sorted((r for r in rows if r["flagged"]), key=lambda r: (-r["bad_score"], r["path"]))
+    assert listed == [r["path"] for r in flagged][:5] and "odd0.nii.gz" in listed
     assert html.is_file() and "odd0.nii.gz" in html.read_text()
     assert (tmp_path / "out" / "report.csv.cache.sqlite").is_file()
     # a second run with --resume reads nothing new and keeps one row per scan

@@ -205,6 +205,8 @@ _PHASES = {
 }
 #: Error rows whose cause is repeated on the console after the summary line.
 _SHOWN_ERRORS = 3
+#: Flagged scans listed on the console after the summary, highest bad_score first.
+_SHOWN_FLAGGED = 5
 #: The fine-tuning progress message (``fine-tuning 3/60``).
 _EPOCH = re.compile(r"fine-tuning \d+/\d+")
 
@@ -283,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0}
     flagged_paths: dict[str, tuple[str, ...]] = {}
     errors: list[str] = []  # the first few error causes, echoed at the end
+    worst: list[tuple[float, str, str]] = []  # (-bad_score, path, warnings) of flagged rows
     interrupted = False
     try:
         for row in score(args.paths, references=refs, config=config, progress=bar, cache=cache):
@@ -295,6 +298,12 @@ def run(args: argparse.Namespace) -> int:
             if row.get("flagged"):
                 counts["flagged"] += 1
                 flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
+                score = row.get("bad_score")
+                score = float(score) if isinstance(score, (int, float)) else float("nan")
+                worst.append((-score if score == score else 1.0, str(row.get("path") or ""),
+                              str(row.get("warnings") or "")))
+                if len(worst) > 4 * _SHOWN_FLAGGED:  # keep the list small on huge runs
+                    worst = sorted(worst)[:_SHOWN_FLAGGED]
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -310,6 +319,13 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
+    for neg, path, codes in sorted(worst)[:_SHOWN_FLAGGED]:
+        score = f"{-neg:.2f}" if neg <= 0 else "  - "
+        print(f"scanqc: flagged {score}  {path}" + (f"  ({codes})" if codes else ""),
+              file=sys.stderr)
+    if counts["flagged"] > _SHOWN_FLAGGED:
+        print(f"scanqc: ... {counts['flagged'] - _SHOWN_FLAGGED} more flagged: the rows with "
+              f"flagged=true in {out_file}", file=sys.stderr)
     if refs is None and counts["ok"] == 1 and not interrupted:
         print("scanqc: one readable scan and no references: no outlier score (it compares "
               "scans with each other); it is flagged only by its checks' warnings. Give "
