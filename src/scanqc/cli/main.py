@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("scanqc: interrupted; rows already written are kept", file=sys.stderr)
+        # score and asymmetry write their rows as they go; rank, labels and train write
+        # their file at the end (or in one transaction), so nothing half-done is left
+        command = getattr(args, "command", None)
+        after = {"score": "; rows already written are kept",
+                 "asymmetry": "; rows already written are kept",
+                 "rank": "; nothing was written", "labels": "; nothing was written",
+                 "train": "; nothing was written"}.get(command, "")
+        print(f"scanqc: interrupted{after}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `scanqc info DIR | head`: the reader has what it wanted
         with contextlib.suppress(OSError):  # no second error when Python flushes stdout
