@@ -207,3 +207,28 @@ def test_concurrent_reader_sees_committed_rows(tmp_path: Path) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_a_failed_write_is_a_one_line_error_and_changes_nothing(tmp_path: Path) -> None:
+    """Another program holding the store, a vanished disk: the dock says "not saved"."""
+    store = LabelStore.open(tmp_path / "s.sqlite")
+    store.set("a", label="good")
+    real = store._conn
+
+    class Failing:
+        def __init__(self, fail_on: str) -> None:
+            self.fail_on = fail_on
+
+        def execute(self, sql: str, *args):
+            if sql.startswith(self.fail_on):
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *args)
+
+    for fail_on in ("BEGIN", "INSERT INTO history"):
+        store._conn = Failing(fail_on)
+        with pytest.raises(ValueError, match=r"s\.sqlite: the label change was not saved "
+                                             r"\(database is locked\)"):
+            store.set("a", label="bad", reason="artifact")
+        store._conn = real
+        assert store.get("a").label == "good"  # rolled back: nothing half-written
+    store.close()

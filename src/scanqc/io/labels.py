@@ -12,6 +12,7 @@ or the ``SCANQC_LABELS`` environment variable (see :func:`default_store_path`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -395,7 +396,10 @@ class LabelStore:
             raise ValueError(f"{self.path}: label store is closed")
         now = _now()
         out = []
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # locked by another program, disk gone, read-only
+            raise ValueError(f"{self.path}: the label change was not saved ({exc})") from None
         try:
             for scan_id, changes in items:
                 old = self._get(scan_id) or LabelRecord(scan_id=scan_id)
@@ -419,8 +423,12 @@ class LabelStore:
                 )
                 out.append(rec)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):  # keep the first error, not this one
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise ValueError(f"{self.path}: the label change was not saved ({exc})"
+                                 ) from None
             raise
         return out
 
