@@ -417,3 +417,24 @@ def test_identifying_folder_names_are_redacted_unless_asked_for(tmp_path: Path, 
     assert "[redacted]" not in capsys.readouterr().err
     paths = {r["path"] for r in read_report(tmp_path / "raw.csv")}
     assert {f"{SERIES_DIR}/slice0.dcm", XRAY_FILE, BROKEN_FILE} <= paths
+
+
+def test_unreadable_files_in_a_patient_folder_do_not_show_its_name(tmp_path: Path) -> None:
+    """The folder is known to identify the patient from its readable DICOM files."""
+    from scanqc.batch.discovery import discover_parallel
+    from scanqc.batch.pipeline import entry_row, error_row
+    from scanqc.io.discover import discover
+
+    root = tmp_path / "dataset"
+    make_identified_dataset(root)
+    (root / SERIES_DIR / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    (root / SERIES_DIR / "notes.png").write_bytes(b"not a png")
+    for entries in (discover([root], root=root),
+                    discover_parallel([root], str(root), workers=2, mp_context=None)):
+        odd = [e for e in entries if e.path.endswith(("garbage.dcm", "notes.png"))]
+        assert len(odd) == 2 and all(e.status == "error" for e in odd)
+        for e in entries:
+            row = error_row(e, str(root), e.error or "x") if e.status != "ok" else entry_row(
+                e, str(root))
+            text = f"{row['path']} {row['name']} {row['error']}"
+            assert not find_planted(text.encode()), text

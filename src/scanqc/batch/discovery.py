@@ -81,6 +81,7 @@ def discover_parallel(
     entries = _merge(results, {it.path: it for it in items}, cancel)
     entries += errors
     entries.sort(key=disc.sort_key)
+    disc.share_private_names(entries)
     return entries
 
 

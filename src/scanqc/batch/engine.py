@@ -383,6 +383,10 @@ class _Run:
                                         self.cancel)
         if self.config.include_identifiers:  # rows keep the names as they are
             entries = [replace(e, private_names={}) if e.private_names else e for e in entries]
+        else:  # entries handed in by a caller (the docks) may come from partial discovery
+            from scanqc.io.discover import share_private_names
+
+            share_private_names(entries)
         self.total, self.done = len(entries), 0
         report(self.progress, 0, self.total, "scoring")
         use_cache = self.cache is not None

@@ -354,7 +354,23 @@ def discover(
     entries = [e for chunk in iter_discover(paths, root=root, progress=progress,
                                             cancel=cancel) for e in chunk]
     entries.sort(key=sort_key)
+    share_private_names(entries)
     return entries
+
+
+def share_private_names(entries: list[ScanEntry]) -> None:
+    """Give every entry the identifying names found in any DICOM header (in place).
+
+    A folder named after the patient is found through the headers of the DICOM files in
+    it; an unreadable file, a NIfTI or a PNG in that folder has no header of its own, and
+    its path must not show the name either. All entries share one dict (no copies).
+    """
+    union: dict[str, str] = {}
+    for e in entries:
+        union.update(e.private_names)
+    if union:
+        for e in entries:
+            e.private_names = union
 
 
 def sort_key(entry: ScanEntry) -> tuple[str, str]:
