@@ -108,3 +108,10 @@ def test_asymmetry_option_reaches_the_engine(make_napari_viewer, tmp_path) -> No
     assert w.config(str(tmp_path)).asymmetry is False
     w.asymmetry_check.setChecked(True)
     assert w.config(str(tmp_path)).asymmetry is True
+
+
+def test_include_identifiers_option_reaches_the_engine(make_napari_viewer, tmp_path) -> None:
+    w = BatchWidget(make_napari_viewer())
+    assert w.config(str(tmp_path)).include_identifiers is False  # redacted by default
+    w.identifiers_check.setChecked(True)
+    assert w.config(str(tmp_path)).include_identifiers is True

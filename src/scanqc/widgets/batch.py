@@ -216,6 +216,12 @@ class BatchWidget(QWidget):
             "fill the asymmetry column with each scan's left-right asymmetry score; "
             "heatmaps: the Asymmetry dock or scanqc asymmetry")
         form.addRow("", self.asymmetry_check)
+        self.identifiers_check = QCheckBox("keep patient names in paths (include identifiers)")
+        self.identifiers_check.setToolTip(
+            "by default folder and file names that hold the patient's name or an ID from the "
+            "DICOM header are written as [redacted], and images with burned-in text get no "
+            "thumbnail in the HTML report")
+        form.addRow("", self.identifiers_check)
         lay.addLayout(form)
         self.refs_label = QLabel("")
         lay.addWidget(self.refs_label)
@@ -284,6 +290,7 @@ class BatchWidget(QWidget):
             "device": self.device_combo.currentText(),
             "resume": self.resume_check.isChecked(),
             "asymmetry": self.asymmetry_check.isChecked(),
+            "include_identifiers": self.identifiers_check.isChecked(),
             "root": root,
         }
         kw.update(self.config_overrides)
