@@ -150,3 +150,16 @@ def test_placeholder_patient_values_do_not_redact_folder_names() -> None:
     assert identifying_names("/data/anonymized/test/anonymous_01.dcm", ds) == {}
     ds.PatientID = "PAT0042"
     assert identifying_names("/data/test/PAT0042/x.dcm", ds) == {"PAT0042": "[redacted]"}
+
+
+def test_accented_names_match_in_either_unicode_form() -> None:
+    import unicodedata
+
+    from pydicom.dataset import Dataset
+
+    from scanqc.io.privacy import identifying_names
+
+    ds = Dataset()
+    ds.PatientName = "Müller^Jürgen"
+    folder = unicodedata.normalize("NFD", "MÜLLER_JÜRGEN")  # as macOS writes names
+    assert identifying_names(f"/data/{folder}/x.dcm", ds) == {folder: "[redacted]"}

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import math
 import re
+import unicodedata
 from typing import Any
 
 #: Header keywords that may appear in metadata and exports (non-identifying).
@@ -264,15 +265,17 @@ def identifying_names(path: str, ds: Any) -> dict[str, str]:
         extension; empty when nothing matches. The names themselves identify the patient:
         they are kept in memory to redact exports and never written.
     """
-    ids = tuple(i for i in dict.fromkeys(_identifiers(ds))
-                if i.strip() and i.strip() not in _NOT_IDENTIFYING)
+    # NFC on both sides: a folder written on macOS (decomposed "u" + diaeresis) still
+    # matches the header's composed name
+    ids = tuple(dict.fromkeys(unicodedata.normalize("NFC", i) for i in _identifiers(ds)
+                              if i.strip() and i.strip() not in _NOT_IDENTIFYING))
     if not ids:
         return {}
     words = _words_pattern(ids)
     out: dict[str, str] = {}
     parts = [p for p in re.split(r"[\\/]", str(path)) if p]
     for i, name in enumerate(parts):
-        if words.search(name.lower()):
+        if words.search(unicodedata.normalize("NFC", name.lower())):
             ext = _EXTENSION_RE.search(name) if i == len(parts) - 1 else None
             out[name] = REDACTED + (ext.group(0) if ext else "")
     return out
