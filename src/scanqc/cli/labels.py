@@ -10,6 +10,7 @@ The store defaults to ``<dataset_parent>/<dataset_name>.scanqc-labels.sqlite`` (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,8 +51,19 @@ def run_export(args: argparse.Namespace) -> int:
     store_path = default_store_path(args.dataset, args.store)
     if not store_path.is_file():
         raise ValueError(f"{store_path}: no label store (label some scans first, or --store)")
+    sources = None
+    if args.include_identifiers and Path(args.dataset).is_dir():
+        # the store keeps paths with identifying names redacted: the files themselves
+        # give the real ones back (scan_id -> file or series folder)
+        from scanqc.io.discover import discover
+
+        sources = {}
+        for e in discover([args.dataset], root=args.dataset):
+            series = e.kind == "series" and len(e.paths) > 1
+            sources[e.scan_id] = os.path.abspath(os.path.dirname(e.path) if series else e.path)
     with LabelStore.open(store_path) as store:
-        n = store.export_csv(args.out, include_identifiers=args.include_identifiers)
+        n = store.export_csv(args.out, include_identifiers=args.include_identifiers,
+                             sources=sources)
     print(f"wrote {n} labels to {args.out}")
     return 0
 

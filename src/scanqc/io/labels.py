@@ -483,13 +483,15 @@ class LabelStore:
 
     # -- CSV -----------------------------------------------------------------------------
 
-    def export_csv(self, out: str | os.PathLike[str], *, include_identifiers: bool = False
-                   ) -> int:
+    def export_csv(self, out: str | os.PathLike[str], *, include_identifiers: bool = False,
+                   sources: dict[str, str] | None = None) -> int:
         """Write every label to a CSV file; return the number of rows.
 
         Columns: :data:`EXPORT_COLUMNS` (no patient identifiers). With
         ``include_identifiers`` an ``abs_path`` column (absolute source path, which may
-        carry names) is added; it is off by default.
+        carry names) is added; it is off by default. ``sources`` (``{scan_id: absolute
+        path}``, from discovering the dataset) gives the real paths of scans whose stored
+        path has redacted names.
         """
         out = Path(out)
         records = self.all()
@@ -501,8 +503,8 @@ class LabelStore:
             for rec in records:
                 row = rec.to_row()
                 if include_identifiers:
-                    row["abs_path"] = (str(self.root / rec.path) if self.root and rec.path
-                                       else rec.path)
+                    row["abs_path"] = printable((sources or {}).get(rec.scan_id) or (
+                        str(self.root / rec.path) if self.root and rec.path else rec.path))
                 writer.writerow(row)
             fh.flush()
             os.fsync(fh.fileno())
