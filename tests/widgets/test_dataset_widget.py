@@ -336,3 +336,27 @@ def test_odd_file_names_open_and_keep_their_labels(qtbot, make_napari_viewer, tm
     with LabelStore.open(default_store_path(ds)) as store:
         rec = store.get(rows[odd])
     assert rec is not None and rec.label == "good" and rec.path == "r\\xf6ntgen.png"
+
+
+def test_labels_of_a_patient_named_folder_keep_no_names(qtbot, make_napari_viewer,
+                                                        tmp_path: Path, monkeypatch) -> None:
+    """Even for a file without a header of its own (unreadable) in that folder."""
+    from test_privacy_writers import SERIES_DIR, find_planted, make_identified_dataset
+
+    monkeypatch.delenv("SCANQC_LABELS", raising=False)
+    ds = tmp_path / "ds"
+    make_identified_dataset(ds)
+    (ds / SERIES_DIR / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Dataset")
+    w.open_folder(ds)
+    qtbot.waitUntil(lambda: w.model.rowCount() >= 9 and not w.state.loading, timeout=20_000)
+    ids = list(w.state.rows)
+    w.state.set_labels(ids, label="bad", reason="artifact")
+    w.close()
+    viewer.close()
+    with LabelStore.open(default_store_path(ds)) as store:
+        paths = [r.path for r in store.all()]
+    assert len(paths) == len(ids) and "[redacted]/garbage.dcm" in paths
+    assert not find_planted("\n".join(paths).encode())

@@ -20,7 +20,7 @@ from typing import Any
 
 from psygnal import Signal
 
-from scanqc.io.discover import iter_discover, sort_key
+from scanqc.io.discover import iter_discover, share_private_names, sort_key
 from scanqc.io.labels import LabelRecord, LabelStore, entry_relpath
 from scanqc.io.scan import ScanEntry
 
@@ -200,9 +200,11 @@ class ViewerState:
     def finish_dataset(self) -> None:
         """End a dataset read in parts; emits ``dataset_changed``.
 
-        The entries are sorted as :func:`~scanqc.io.discover.discover` sorts them.
+        The entries are sorted as :func:`~scanqc.io.discover.discover` sorts them, and
+        share the identifying names found in any part (as ``discover`` does).
         """
         self.entries.sort(key=sort_key)
+        share_private_names(self.entries)
         self.loading = False
         self.dataset_changed.emit()
 

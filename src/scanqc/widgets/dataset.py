@@ -115,7 +115,7 @@ def discover_dataset(
         ``(root, entries, store, rows)``: every entry (sorted) and its table row, when no
         ``chunk`` callback is given.
     """
-    from scanqc.io.discover import iter_discover, sort_key
+    from scanqc.io.discover import iter_discover, share_private_names, sort_key
 
     str_paths = [str(p) for p in paths]
     store = LabelStore.open(store_path, root=root)
@@ -144,6 +144,7 @@ def discover_dataset(
             store.close()
         raise
     entries.sort(key=sort_key)
+    share_private_names(entries)
     rows = {e.scan_id: entry_row(e, labels.get(e.scan_id)) for e in entries}
     return root, entries, store, rows
 
