@@ -443,3 +443,19 @@ def test_unreadable_files_in_a_patient_folder_do_not_show_its_name(tmp_path: Pat
                 e, str(root))
             text = f"{row['path']} {row['name']} {row['error']}"
             assert not find_planted(text.encode()), text
+
+
+def test_rank_matches_hand_written_labels_by_the_real_names(tmp_path: Path) -> None:
+    """The ranking shows [redacted], yet a labels file naming the real folder still counts."""
+    root = tmp_path / "dataset"
+    make_identified_dataset(root)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label\n{SERIES_DIR},bad\nvols/vol0.nii.gz,good\n")
+    out = tmp_path / "rank.csv"
+    assert main(["rank", str(root), "--labels", str(labels), "--model-dir",
+                 str(_tiny_model_dir(tmp_path / "m")), "--max-slices", "4", "--out",
+                 str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = {r["path"]: r["status"] for r in csv.DictReader(fh)}
+    assert rows["[redacted]"] == "labelled" and rows["vols/vol0.nii.gz"] == "labelled"
+    assert not find_planted(out.read_bytes())

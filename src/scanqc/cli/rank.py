@@ -148,6 +148,8 @@ def _load_model(model_dir: Path | None):  # noqa: ANN202 - torch module
 
 def run(args: argparse.Namespace) -> int:
     """Rank ``args.paths`` and write ``args.out``; return 0."""
+    from dataclasses import replace
+
     import numpy as np
 
     from scanqc.io.discover import discover
@@ -176,11 +178,15 @@ def run(args: argparse.Namespace) -> int:
             e.private_names = {}
     rel = {e.scan_id: entry_relpath(e, root) for e in entries}  # identifying names redacted
     names = {e.scan_id: e.private_names for e in entries}
+    # a labels file written by hand names the files as they are
+    real = {e.scan_id: entry_relpath(replace(e, private_names={}), root)
+            for e in entries if e.private_names}
     model = _load_model(args.model_dir)
     ids, z, errors = embed_entries(entries, model=model, max_slices=args.max_slices)
     known = []
     for i, sid in enumerate(ids):
-        lab = labels.get(f"scan_id:{sid}") or labels.get(f"path:{rel[sid]}")
+        lab = (labels.get(f"scan_id:{sid}") or labels.get(f"path:{rel[sid]}")
+               or (labels.get(f"path:{real[sid]}") if sid in real else None))
         if lab:
             known.append((i, lab))
     lab_idx = [i for i, _ in known]
