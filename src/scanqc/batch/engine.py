@@ -372,7 +372,10 @@ class _Run:
         _ = self.embedder  # load the model first: a missing model fails before any reading
         items = list(inputs) if not isinstance(inputs, (str, Path)) else [inputs]
         if items and all(isinstance(i, ScanEntry) for i in items):
+            from scanqc.io.discover import share_private_names
+
             entries = list(items)
+            share_private_names(entries)  # handed in by a caller, maybe in parts (the docks)
             self.root = self.config.root or _common_root(entries)
         else:
             self.root = self.config.root or _common_root_paths(items)
@@ -383,10 +386,6 @@ class _Run:
                                         self.cancel)
         if self.config.include_identifiers:  # rows keep the names as they are
             entries = [replace(e, private_names={}) if e.private_names else e for e in entries]
-        else:  # entries handed in by a caller (the docks) may come from partial discovery
-            from scanqc.io.discover import share_private_names
-
-            share_private_names(entries)
         self.total, self.done = len(entries), 0
         report(self.progress, 0, self.total, "scoring")
         use_cache = self.cache is not None

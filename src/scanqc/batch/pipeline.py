@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from scanqc.batch.columns import QUALITY_COLUMNS, empty_row
-from scanqc.io.privacy import redact_names
-from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning, printable
+from scanqc.io.privacy import export_text
+from scanqc.io.scan import SEVERITIES, Scan, ScanEntry, ScanReadError, ScanWarning
 
 
 def worker_init() -> None:
@@ -82,16 +82,16 @@ def entry_row(entry: ScanEntry, root: str | None) -> dict[str, Any]:
     names = entry.private_names  # folder/file names holding an identifier -> [redacted]
     row.update(
         scan_id=entry.scan_id,
-        # a report's text: io.scan.printable (valid UTF-8), io.privacy.redact_names
-        path=printable(redact_names(relative_path(entry.path, root), names)),
-        name=printable(redact_names(entry.name or Path(entry.path).name, names)),
+        # a report's text: identifying names redacted, valid UTF-8 (io.privacy.export_text)
+        path=export_text(relative_path(entry.path, root), names),
+        name=export_text(entry.name or Path(entry.path).name, names),
         kind=entry.kind,
         format=entry.format,
         modality=entry.modality,
         shape=_fmt_tuple(entry.shape),
         spacing=_fmt_tuple(entry.spacing),
         status=entry.status,
-        error=printable(redact_names(" ".join(str(entry.error).split()), names))
+        error=export_text(" ".join(str(entry.error).split()), names)
         if entry.status != "ok" else "",
     )
     if entry.warnings:
@@ -113,8 +113,8 @@ def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "err
         cause = cause.replace(p, relative_path(p, root))  # no absolute paths in reports
     if root:
         cause = cause.replace(os.path.abspath(root) + os.sep, "")
-    cause = redact_names(cause, entry.private_names)
-    row.update(status=status, error=printable(f"{row['path'] or entry.name}: {cause}"))
+    cause = export_text(cause, entry.private_names)
+    row.update(status=status, error=f"{row['path'] or row['name']}: {cause}")
     return row
 
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from scanqc.io.privacy import redact_names
-from scanqc.io.scan import Scan, ScanReadError, printable
+from scanqc.io.privacy import export_text
+from scanqc.io.scan import Scan, ScanReadError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class _Output:
         if self.root:
             text = text.replace(os.path.abspath(self.root) + os.sep, "")
         names = {} if self.include_identifiers else names
-        return printable(redact_names(" ".join(text.split()), names))
+        return export_text(" ".join(text.split()), names)
 
     def row(self, entry: Any, partner: Any = None, **values: Any) -> None:
         row: dict[str, Any] = dict.fromkeys(FIELDS, "")

@@ -16,8 +16,8 @@ import json
 import sys
 from typing import Any
 
-from scanqc.io.privacy import redact_names
-from scanqc.io.scan import Scan, ScanEntry, ScanReadError, printable
+from scanqc.io.privacy import export_text
+from scanqc.io.scan import Scan, ScanEntry, ScanReadError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def _jsonable(v: Any) -> Any:
 
 def _text(text: str, entry: ScanEntry) -> str:
     """``text`` as printed: valid Unicode, names in ``entry.private_names`` redacted."""
-    return printable(redact_names(text, entry.private_names))
+    return export_text(text, entry.private_names)
 
 
 def entry_record(entry: ScanEntry) -> dict[str, Any]:

@@ -154,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scanqc.io.discover import discover
     from scanqc.io.labels import entry_relpath
-    from scanqc.io.privacy import redact_names
-    from scanqc.io.scan import printable
+    from scanqc.io.privacy import export_text
     from scanqc.scoring.active import compute_ranking, embed_entries
 
     for p in args.paths:
@@ -212,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     for sid, err in errors.items():
         rows.append({"scan_id": sid, "path": rel.get(sid, ""), "rank": "", "score": "",
                      "strategy": used, "status": "error",
-                     "error": printable(redact_names(" ".join(
-                         err.replace(str(root) + os.sep, "").split()), names.get(sid)))})
+                     "error": export_text(" ".join(
+                         err.replace(str(root) + os.sep, "").split()), names.get(sid))})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -92,8 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"scanqc: {exc}", file=sys.stderr)
         return 2
-    from scanqc.io.privacy import redact_names
-    from scanqc.io.scan import printable
+    from scanqc.io.privacy import export_text
 
     n_ok = 0
     entries = discover(args.paths)
@@ -101,7 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
         names = {} if args.include_identifiers else entry.private_names
 
         def shown(text: str, names: dict[str, str] = names) -> str:
-            return printable(redact_names(text, names))
+            return export_text(text, names)
 
         label = shown(entry.name or entry.path)
         if entry.status != "ok":

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from scanqc.io.privacy import redact_names
+from scanqc.io.privacy import export_text
 from scanqc.io.scan import ScanEntry, file_name_of, printable
 
 #: Allowed values of ``label`` (besides ``None``).
@@ -620,7 +620,7 @@ def entry_relpath(entry: ScanEntry, root: str | os.PathLike[str] | None) -> str:
     else:
         base = entry.path
     rel = _relative(os.path.abspath(base) if base else "", root_path)
-    return printable(redact_names(rel, entry.private_names))
+    return export_text(rel, entry.private_names)
 
 
 def _path_index(entries: Iterable[ScanEntry], root: Path | None

@@ -25,6 +25,8 @@ import re
 import unicodedata
 from typing import Any
 
+from scanqc.io.scan import printable
+
 #: Header keywords that may appear in metadata and exports (non-identifying).
 SAFE_DICOM_FIELDS: tuple[str, ...] = (
     "Modality",
@@ -300,6 +302,14 @@ def redact_names(text: str, names: dict[str, str] | None) -> str:
         if name in text:
             text = text.replace(name, names[name])
     return text
+
+
+def export_text(text: str, names: dict[str, str] | None) -> str:
+    """``text`` as scanqc writes it: ``names`` redacted, then valid Unicode.
+
+    :func:`redact_names`, then :func:`scanqc.io.scan.printable`.
+    """
+    return printable(redact_names(text, names))
 
 
 def safe_dicom_metadata(ds: Any) -> dict[str, Any]:

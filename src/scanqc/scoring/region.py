@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -305,9 +305,9 @@ def region_from_probs(
         # licensed knee, spine, neck or breast images), so a confident other answer may be
         # its own mistake: reported, but it does not flag the scan
         names = "/".join(sorted(hdr))
-        warns = [ScanWarning(w.code, f"{w.message} (the region model has no training data "
-                             f"for {names}: this may be its mistake)", severity="warn",
-                             slices=w.slices, region=w.region, value=w.value) for w in warns]
+        warns = [replace(w, severity="warn", message=f"{w.message} (the region model has no "
+                         f"training data for {names}: this may be its mistake)")
+                 for w in warns]
     return RegionPrediction(
         region=region, confidence=conf,
         probs={c: float(v) for c, v in zip(classes, mean, strict=True)},
