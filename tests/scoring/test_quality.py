@@ -245,3 +245,20 @@ def test_degenerate_and_extreme_scans_give_no_failed_check_and_no_runtime_warnin
                 slices, _ = scan_to_slices(scan, 32, 8)
             assert "check_failed" not in codes(ws), (a.dtype, modality, ws)
             assert slices.shape[1:] == (32, 32) and np.isfinite(slices).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_efc_from_value_counts_equals_the_sum_over_pixels(dtype):
+    """8/16-bit data: EFC summed over the counts of each value equals MRIQC's pixel sum."""
+    rng = np.random.default_rng(5)
+    top = 250 if dtype == np.uint8 else 4000
+    x = np.clip(rng.normal(top / 3, top / 6, (7, 40, 33)), 0, top).round().astype(np.float32)
+    x[:, :5] = 0
+    v = x.astype(np.float64).ravel()
+    b = v / np.sqrt((v * v).sum())
+    n = v.size
+    expected = (b * np.log(b + 1e-16)).sum() / (n / np.sqrt(n) * np.log(1 / np.sqrt(n)))
+    assert quality.efc(x, integer=True) == pytest.approx(expected, rel=1e-12)
+    assert quality.efc(x, integer=False) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(quality.efc(np.zeros((4, 4), np.float32), integer=True))
+    assert math.isnan(quality.efc(np.ones(1, np.float32)))

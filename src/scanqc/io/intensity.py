@@ -160,8 +160,10 @@ def _integer_window(data: np.ndarray, lower: float, upper: float) -> tuple[float
         vmin, vmax = int(flat.min()), int(flat.max())
         if vmax - vmin > _MAX_SPAN:
             return None
-        shifted = flat.astype(np.intp) - vmin if flat.dtype.kind != "b" else flat.astype(np.intp)
-        counts = np.bincount(shifted.ravel(), minlength=vmax - vmin + 1)
+        # one pass: the cast and the shift together
+        shifted = (np.subtract(flat, vmin, dtype=np.intp) if flat.dtype.kind != "b"
+                   else flat.astype(np.intp))
+        counts = np.bincount(shifted, minlength=vmax - vmin + 1)
     n_fg = flat.size - int(counts[0])
     if n_fg < 0.01 * flat.size or n_fg == 0:
         lo, hi = _count_percentiles(counts, vmin, [lower, upper])

@@ -49,7 +49,7 @@ import scipy.fft
 
 from scanqc.io.scan import Scan
 from scanqc.scoring.body_mask import CheckData
-from scanqc.scoring.order_stats import percentile
+from scanqc.scoring.order_stats import median, percentile
 
 #: Slices of a volume used for the k-space measure (evenly spaced).
 MAX_SLICES = 8
@@ -211,25 +211,35 @@ def air_fractions(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
         pixels, or when the foreground is not brighter than the air.
     """
     nan = (math.nan, math.nan)
-    raw = np.asarray(raw, dtype=np.float64)
+    raw = np.asarray(raw)
+    if raw.dtype not in (np.float32, np.float64):
+        raw = raw.astype(np.float64)
     mask = np.asarray(mask, dtype=bool)
     if raw.ndim == 2:
         raw, mask = raw[None], mask[None]
     if not mask.any():
         return nan
     in_air = air_mask(mask)
-    air = raw[in_air]
+    # the statistics are taken in float64; only the values they use are converted
+    air = raw[in_air].astype(np.float64)
     if air.size < MIN_AIR:
         return nan
-    floor = float(raw.min())
+    flat = raw.ravel()
+    floor = float(flat.min())
     base = percentile(_sample(air), 5)
-    level = float(np.median(_sample(raw[mask]))) - base
+    level = float(np.median(flat[_sample(np.flatnonzero(mask))].astype(np.float64))) - base
     if not level > 0:
         return nan
     at_floor = float(np.mean(air <= floor + AIR_FLOOR_TOL * (level + base - floor)))
-    pairs = in_air[:, :, 1:] & in_air[:, :, :-1]
-    diff = np.abs(raw[:, :, 1:] - raw[:, :, :-1])[pairs]
-    sigma = 1.4826 * float(np.median(_sample(diff))) / math.sqrt(2.0) if diff.size else 0.0
+    # neighbour differences inside the air, only at the sampled pairs: pair p of a row of
+    # nx - 1 pairs starts at pixel p + p // (nx - 1) of the flattened stack
+    pairs = _sample(np.flatnonzero(in_air[:, :, 1:] & in_air[:, :, :-1]))
+    if pairs.size:
+        start = pairs + pairs // (raw.shape[2] - 1)
+        diff = np.abs(flat[start + 1].astype(np.float64) - flat[start])
+        sigma = 1.4826 * float(np.median(diff)) / math.sqrt(2.0)
+    else:
+        sigma = 0.0
     signal = float(np.mean(air - base > max(AIR_NOISE_K * sigma, AIR_SIGNAL_TOL * level)))
     return at_floor, signal
 
@@ -248,22 +258,31 @@ def ghost_to_signal_ratio(raw: np.ndarray, mask: np.ndarray) -> float:
     Returns:
         The ratio (NaN without a body, or without ghost band or background pixels).
     """
-    raw = np.asarray(raw, dtype=np.float64)
+    raw = np.asarray(raw)
+    if raw.dtype not in (np.float32, np.float64):
+        raw = raw.astype(np.float64)
     mask = np.asarray(mask, dtype=bool)
     if raw.ndim == 2:
         raw, mask = raw[None], mask[None]
     if not mask.any():
         return math.nan
-    signal = float(np.median(raw[mask]))
+    signal = median(raw[mask])  # interpolated in float64
     if signal == 0:
         return math.nan
+    # sums in float64 of the background, and of the ghost band per axis: the rest of the
+    # background is their difference
+    outside = ~mask
+    n_out = int(np.count_nonzero(outside))
+    sum_out = float(raw[outside].sum(dtype=np.float64))
     best = math.nan
     for axis in (1, 2):
-        ghost = np.roll(mask, mask.shape[axis] // 2, axis=axis) & ~mask
-        rest = ~mask & ~ghost
-        if ghost.sum() < 4 or rest.sum() < 4:
+        ghost = np.roll(mask, mask.shape[axis] // 2, axis=axis) & outside
+        n_ghost = int(np.count_nonzero(ghost))
+        if n_ghost < 4 or n_out - n_ghost < 4:
             continue
-        value = (float(raw[ghost].mean()) - float(raw[rest].mean())) / signal
+        sum_ghost = float(raw[ghost].sum(dtype=np.float64))
+        rest = (sum_out - sum_ghost) / (n_out - n_ghost)
+        value = (sum_ghost / n_ghost - rest) / signal
         best = value if math.isnan(best) else max(best, value)
     return best
 

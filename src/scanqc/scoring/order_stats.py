@@ -46,3 +46,8 @@ def percentiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
 def percentile(values: np.ndarray, q: float) -> float:
     """One percentile (see :func:`percentiles`)."""
     return percentiles(values, [q])[0]
+
+
+def median(values: np.ndarray) -> float:
+    """The median of finite ``values`` (see :func:`percentiles`; ``np.median`` to 1e-7)."""
+    return percentiles(values, [50.0])[0]
