@@ -1,9 +1,10 @@
-"""scanqc.scoring.order_stats: percentiles from one partition, as numpy computes them."""
+"""scanqc.scoring.order_stats: percentiles from one sort, as numpy computes them."""
 
 import numpy as np
 import pytest
 
-from scanqc.scoring.order_stats import percentile, percentiles
+from scanqc.io.intensity import robust_window
+from scanqc.scoring.order_stats import median, percentile, percentiles
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16, np.uint8])
@@ -39,3 +40,22 @@ def test_percentiles_do_not_reorder_the_input():
 def test_empty_sample_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         percentiles(np.array([]), [50])
+
+
+def test_median_equals_numpy_median():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 16384):
+        v = rng.normal(size=n)
+        assert median(v) == pytest.approx(float(np.median(v)), rel=1e-15)
+        ties = np.clip(v.round(), 0, None)  # image-like: many equal values
+        assert median(ties) == float(np.median(ties))
+
+
+def test_float_window_equals_numpy_percentiles():
+    """The window of float data (MR stored as floats) is np.percentile's, bit for bit."""
+    rng = np.random.default_rng(2)
+    vol = np.abs(rng.normal(300, 150, (20, 64, 64))).astype(np.float32)
+    vol[:, :10] = 0  # background at the minimum is left out
+    fg = vol.astype(np.float64).ravel()
+    fg = fg[fg > 0]
+    assert robust_window(vol) == tuple(float(x) for x in np.percentile(fg, [0.5, 99.5]))

@@ -33,7 +33,7 @@ def looks_like_hounsfield(data: np.ndarray) -> bool:
     s = _sample(data, 200_000)
     if s.size == 0:
         return False
-    lo, hi = np.percentile(s, [1, 99])
+    lo, hi = percentiles(s, [1, 99])
     return lo <= -500 and -200 < hi < 4000
 
 
@@ -66,7 +66,7 @@ def robust_window(
     fg = s[s > vmin]
     if fg.size < 0.01 * s.size:
         fg = s
-    lo, hi = (float(v) for v in np.percentile(fg, [lower, upper]))
+    lo, hi = percentiles(fg, [lower, upper])
     if not hi > lo:
         lo, hi = float(s.min()), float(s.max())
     if not hi > lo:
@@ -99,6 +99,31 @@ def percentile_lerp(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> list[flo
     out = a + diff * gamma
     np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
     return [float(v) for v in out]
+
+
+def percentiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
+    """``np.percentile(values, q)`` (linear method) of finite ``values`` as floats.
+
+    The order statistics come from one full sort: numpy's vectorised sort is faster than
+    its partition with several ranks (2x on 2M random values, 5-15x on 16k-100k values
+    with many ties, as in images), and a sorted array gives the same order statistics.
+    The interpolation is numpy's own (:func:`percentile_positions`,
+    :func:`percentile_lerp`): on float64 data the values equal ``np.percentile``'s;
+    float32 data is interpolated in float64 (numpy stays in float32), a difference below
+    1e-7 relative.
+
+    Args:
+        values: Any shape; flattened. Must be finite (NaN sorts last) and not empty.
+        q: Percentiles in [0, 100].
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    v = np.sort(np.asarray(values).ravel())
+    if v.size == 0:
+        raise ValueError("percentiles of an empty sample")
+    prev_i, next_i, gamma = percentile_positions(v.size, q)
+    return percentile_lerp(v[prev_i], v[next_i], gamma)
 
 
 def _count_percentiles(counts: np.ndarray, offset: int, q: Sequence[float]) -> list[float]:
