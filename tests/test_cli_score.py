@@ -36,6 +36,14 @@ def test_score_end_to_end_csv_and_html(tmp_path, tiny_model, capsys):
               if line.startswith("scanqc: flagged ")]
     flagged = sorted((r for r in rows if r["flagged"]), key=lambda r: (-r["bad_score"], r["path"]))
     assert listed == [r["path"] for r in flagged][:5] and "odd0.nii.gz" in listed
+    # each with why: its warn/high codes (never an info note), else its distance
+    for line in (x for x in err.splitlines() if x.startswith("scanqc: flagged ")):
+        row = by_path[line.split()[3]]
+        reasons = line.rsplit("(", 1)[1].rstrip(")")
+        notable = {c.split(" (")[0] for c in str(row["warnings_detail"]).split(" | ")
+                   if " (warn)" in c or " (high)" in c}
+        assert set(reasons.split(";")) == notable if notable else reasons == (
+            "unlike the references")
     assert html.is_file() and "odd0.nii.gz" in html.read_text()
     assert (tmp_path / "out" / "report.csv.cache.sqlite").is_file()
     # a second run with --resume reads nothing new and keeps one row per scan
@@ -326,3 +334,17 @@ def test_unusable_numbers_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_few_references_are_called_out(tmp_path, tiny_model, caplog):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=1, corrupt=False)
+    out = tmp_path / "r.csv"
+    rc = main(["score", str(root), "--references", str(_refs(tmp_path, root)), "--out",
+               str(out), "--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"])
+    assert rc == 0 and "only 2 reference scans" in caplog.text and "mark 10-30" in caplog.text
+    caplog.clear()
+    refs = tmp_path / "five.txt"
+    refs.write_text("\n".join(f"ds/sub/vol{i}.nii.gz" for i in range(4)) + "\nds/img0.png\n")
+    rc = main(["score", str(root), "--references", str(refs), "--out", str(out),
+               "--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"])
+    assert rc == 0 and "reference scans:" not in caplog.text

@@ -175,6 +175,24 @@ def test_columns_and_severity():
     assert warnings_to_columns([]) == ("", "")
 
 
+def test_columns_read_back_with_each_warnings_severity():
+    from scanqc.io.scan import ScanWarning
+    from scanqc.scoring.checks import warnings_from_columns
+
+    ws = [ScanWarning("no_spacing", "no pixel spacing: x: y", "info"),
+          ScanWarning("fov_cut", "anatomy cut | top", "warn"),
+          ScanWarning("noise_only", "looks like noise", "high")]
+    back = warnings_from_columns(*warnings_to_columns(ws), severity="high")
+    assert [(w.code, w.severity) for w in back] == [(w.code, w.severity) for w in ws]
+    assert back[0].message == "no pixel spacing: x: y" and back[1].message == "anatomy cut / top"
+    # another version's messages, or codes only: the row's severity
+    old = warnings_from_columns("a;b", "a: first | b: second", severity="warn")
+    assert [(w.code, w.message, w.severity) for w in old] == [("a", "first", "warn"),
+                                                               ("b", "second", "warn")]
+    assert [w.code for w in warnings_from_columns("a;b", "", "info")] == ["a", "b"]
+    assert warnings_from_columns("", "") == []
+
+
 def test_check_scan_returns_warnings_and_metrics():
     from scanqc.scoring.checks import check_scan
 

@@ -66,6 +66,7 @@ def test_batch_run_writes_report_and_fills_table(qtbot, make_napari_viewer, scan
     viewer.window.add_dock_widget(w, name="Batch")
     assert w.folder_edit.text() == str(scans)  # default: the dataset root
     assert "3 reference scans" in w.refs_label.text()
+    assert "too tight; mark 10-30" in w.refs_label.text()  # 2-4 references: a caution
     torch.manual_seed(0)
     w.config_overrides = {"encoder": SliceEncoder(widths=(8, 16, 16, 32), deep_stages=1),
                           "size": 64, "max_slices": 4, "device": "cpu"}

@@ -105,6 +105,7 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
                                         engine_calls) -> None:
     viewer, w, ids = open_dock(make_napari_viewer, scans, tmp_path)
     assert "3 reference scans" in w.refs_label.text()
+    assert "too tight; mark 10-30" in w.refs_label.text()  # 2-4 references: a caution
     w.score_btn.click()
     qtbot.waitUntil(lambda: w.run_status != "running", timeout=30_000)
     assert w.run_status == "done", w.status.text()

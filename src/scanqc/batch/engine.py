@@ -234,9 +234,12 @@ class _Run:
     def build_references(self, references: Sequence[str | Path], entries: Sequence[ScanEntry],
                          ) -> None:
         from scanqc.models.encoder import pool_slices
-        from scanqc.scoring.reference import ReferenceSet
+        from scanqc.scoring.reference import ReferenceSet, few_references_note
 
         good = self.read_references(references, entries)
+        note = few_references_note(len(good))
+        if note:
+            log.warning(note)
         if self.config.finetune and self.embedder.reference_model is None:
             self._finetune([res for _e, res in good])
         vectors, slice_vecs, ids, contents = [], [], [], []

@@ -248,6 +248,23 @@ class _Bar:
             self.bar.close()
 
 
+
+def _flag_reasons(row: dict) -> str:
+    """Why a flagged row is flagged, for the console: its warn and high warning codes.
+
+    Info notes (``no_spacing`` of a PNG, the ``fov_cut`` of a radiograph) are not reasons;
+    a row without warn or high warnings is flagged by its distance alone.
+    """
+    from scanqc.scoring.checks import warnings_from_columns
+
+    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
+                                  row.get("max_severity") or "warn")
+    codes = ";".join(dict.fromkeys(w.code for w in found if w.severity in ("warn", "high")))
+    if codes:
+        return codes
+    return ("unlike the other scans" if row.get("reference_set_id") == "knn"
+            else "unlike the references")
+
 def run(args: argparse.Namespace) -> int:
     """Score ``args.paths``; return 0, or 130 when interrupted."""
     from scanqc.batch.cache import ResultCache
@@ -301,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
                 score = row.get("bad_score")
                 score = float(score) if isinstance(score, (int, float)) else float("nan")
                 worst.append((-score if score == score else 1.0, str(row.get("path") or ""),
-                              str(row.get("warnings") or "")))
+                              _flag_reasons(row)))
                 if len(worst) > 4 * _SHOWN_FLAGGED:  # keep the list small on huge runs
                     worst = sorted(worst)[:_SHOWN_FLAGGED]
     except KeyboardInterrupt:
@@ -321,8 +338,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for neg, path, codes in sorted(worst)[:_SHOWN_FLAGGED]:
         score = f"{-neg:.2f}" if neg <= 0 else "  - "
-        print(f"scanqc: flagged {score}  {path}" + (f"  ({codes})" if codes else ""),
-              file=sys.stderr)
+        print(f"scanqc: flagged {score}  {path}  ({codes})", file=sys.stderr)
     if counts["flagged"] > _SHOWN_FLAGGED:
         print(f"scanqc: ... {counts['flagged'] - _SHOWN_FLAGGED} more flagged: the rows with "
               f"flagged=true in {out_file}", file=sys.stderr)

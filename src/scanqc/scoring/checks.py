@@ -9,6 +9,7 @@ passed through first.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -184,3 +185,28 @@ def warnings_to_columns(warnings: Sequence[ScanWarning]) -> tuple[str, str]:
         msg = " ".join(str(w.message).split()).replace("|", "/")
         msgs.append(f"{w.code} ({w.severity}): {msg}")
     return ";".join(codes), " | ".join(msgs)
+
+
+_DETAIL = re.compile(r"(?P<code>[\w.-]+) \((?P<severity>info|warn|high)\): (?P<message>.*)", re.S)
+
+
+def warnings_from_columns(codes: str, details: str, severity: str = "warn") -> list[ScanWarning]:
+    """The warnings of a report row, read back from its two columns.
+
+    The inverse of :func:`warnings_to_columns` for codes, messages and severities (not
+    locations). A message not in its ``code (severity): message`` form, e.g. from a report
+    written by another version, gets ``severity``; without messages the codes are used.
+    """
+    out = []
+    for part in (p.strip() for p in str(details or "").split(" | ")):
+        if not part:
+            continue
+        m = _DETAIL.fullmatch(part)
+        if m:
+            out.append(ScanWarning(m["code"], m["message"].strip(), severity=m["severity"]))
+        else:
+            code, _, msg = part.partition(": ")
+            out.append(ScanWarning(code.strip(), msg.strip(), severity=severity))
+    if not out:
+        out = [ScanWarning(c, "", severity=severity) for c in str(codes or "").split(";") if c]
+    return out

@@ -55,6 +55,23 @@ from scanqc.io.scan import ScanWarning
 Statistic = Literal["mean", "min"]
 ThresholdRule = Literal["max_pairwise", "loo"]
 
+#: Below this many references the default threshold (their own spread) is a poor estimate.
+FEW_REFERENCES = 5
+
+
+def few_references_note(n: int) -> str | None:
+    """A one-line caution when ``n`` references are too few for a good default threshold.
+
+    The default threshold is the references' own spread: with 2-4 scans it is estimated from
+    1-6 pairwise distances and is usually too tight, so most scans get flagged. None when
+    ``n`` is 0-1 (no reference scoring at all) or at least :data:`FEW_REFERENCES`.
+    """
+    if not 2 <= n < FEW_REFERENCES:
+        return None
+    return (f"only {n} reference scans: the flagging threshold is their own spread, which "
+            f"{n} scans estimate poorly (expect many flags); mark 10-30 scans that look right")
+
+
 #: Score given to a scan with a warning of this severity before the distance tie-break.
 SEVERITY_SCORE: dict[str, float] = {"high": 0.9}
 _FORMAT = "scanqc-reference-set/1"

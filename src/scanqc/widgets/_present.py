@@ -16,6 +16,7 @@ import numpy as np
 
 from scanqc.io.intensity import normalize
 from scanqc.io.scan import Scan
+from scanqc.scoring.reference import FEW_REFERENCES
 
 #: ``layer.metadata`` key marking layers the Dataset dock owns (replaced on the next scan).
 OWNER_KEY = "scanqc_owner"
@@ -147,3 +148,10 @@ def make_thumbnail(scan: Scan, size: int = 48) -> np.ndarray:
     step = max(1, int(np.ceil(max(g.shape) / size)))
     small = g[::step, ::step]
     return (normalize(small, scan.modality) * 255).astype(np.uint8)
+
+
+def few_references_hint(n: int) -> str:
+    """The docks' caution for 2-4 references (the threshold is their own spread), or ""."""
+    if 2 <= n < FEW_REFERENCES:
+        return ": few, so the threshold (their spread) is too tight; mark 10-30"
+    return ""

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from scanqc.progress import Cancelled, CancelToken, check
+from scanqc.widgets._present import few_references_hint
 from scanqc.widgets._state import get_state
 from scanqc.widgets._threading import WorkerHandle, start_worker
 from scanqc.widgets.score import make_config, reference_entries, table_fields
@@ -278,8 +279,8 @@ class BatchWidget(QWidget):
                                           f"{Path(self.state.root).name}_scanqc.csv"))
         n = len(reference_entries(self.state))
         self.refs_label.setText(
-            f"{n} reference scans marked in the Dataset dock" if n >= 2 else
-            "no reference set marked: scans are compared with each other (kNN)")
+            f"{n} reference scans marked in the Dataset dock{few_references_hint(n)}" if n >= 2
+            else "no reference set marked: scans are compared with each other (kNN)")
 
     # -- run ------------------------------------------------------------------------------
     def config(self, folder: str) -> Any:

@@ -56,6 +56,7 @@ from scanqc.progress import CancelToken
 from scanqc.widgets._overlays import SEVERITY_COLORS, clear_warning_overlay, show_warning_overlay
 from scanqc.widgets._present import (
     OWNER_KEY,
+    few_references_hint,
     go_to_slice,
     label_banner,
     scan_layer,
@@ -181,17 +182,11 @@ def reflag(rows: dict[str, dict[str, Any]], threshold: float) -> list[dict[str, 
 
 
 def parse_warnings(row: dict[str, Any]) -> list[ScanWarning]:
-    """Warnings of a report row (codes and messages only; severity = the row's maximum)."""
-    detail = str(row.get("warnings_detail") or "")
-    sev = row.get("max_severity") or "warn"
-    out = []
-    for part in (p.strip() for p in detail.split(" | ") if p.strip()):
-        code, _, msg = part.partition(": ")
-        out.append(ScanWarning(code=code.strip(), message=msg.strip(), severity=sev))
-    if not out:
-        for code in (c for c in str(row.get("warnings") or "").split(";") if c):
-            out.append(ScanWarning(code=code, message="", severity=sev))
-    return out
+    """Warnings of a report row: codes, messages and severities (no locations)."""
+    from scanqc.scoring.checks import warnings_from_columns  # scipy: not at napari start-up
+
+    return warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
+                                 row.get("max_severity") or "warn")
 
 
 def score_banner(row: dict[str, Any] | None, warnings: list[ScanWarning] | None = None) -> str:
@@ -516,6 +511,7 @@ class ScoreWidget(QWidget):
         text = f"{n} reference scan{'s' if n != 1 else ''} ({where})"
         if n < 2:
             text += ": fewer than 2, the dataset is scored against itself (kNN)"
+        text += few_references_hint(n)
         if self.finetuned is not None:
             text += "; fine-tuned model in use"
         self.refs_label.setText(text)
