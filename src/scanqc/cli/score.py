@@ -248,7 +248,6 @@ class _Bar:
             self.bar.close()
 
 
-
 def _flag_reasons(row: dict) -> str:
     """Why a flagged row is flagged, for the console: its warn and high warning codes.
 
@@ -264,6 +263,7 @@ def _flag_reasons(row: dict) -> str:
         return codes
     return ("unlike the other scans" if row.get("reference_set_id") == "knn"
             else "unlike the references")
+
 
 def run(args: argparse.Namespace) -> int:
     """Score ``args.paths``; return 0, or 130 when interrupted."""
