@@ -227,7 +227,7 @@ def air_fractions(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     flat = raw.ravel()
     floor = float(flat.min())
     base = percentile(_sample(air), 5)
-    level = float(np.median(flat[_sample(np.flatnonzero(mask))].astype(np.float64))) - base
+    level = median(flat[_sample(np.flatnonzero(mask))].astype(np.float64)) - base
     if not level > 0:
         return nan
     at_floor = float(np.mean(air <= floor + AIR_FLOOR_TOL * (level + base - floor)))
@@ -237,7 +237,7 @@ def air_fractions(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     if pairs.size:
         start = pairs + pairs // (raw.shape[2] - 1)
         diff = np.abs(flat[start + 1].astype(np.float64) - flat[start])
-        sigma = 1.4826 * float(np.median(diff)) / math.sqrt(2.0)
+        sigma = 1.4826 * median(diff) / math.sqrt(2.0)
     else:
         sigma = 0.0
     signal = float(np.mean(air - base > max(AIR_NOISE_K * sigma, AIR_SIGNAL_TOL * level)))
