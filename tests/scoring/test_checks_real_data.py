@@ -77,3 +77,14 @@ def test_few_clean_scans_get_high_warnings(shared_data):
             offenders.append((p.name, [w.code for w in ws if w.severity == "high"]))
     assert n >= 50
     assert high / n < 0.05, offenders
+
+
+def test_label_maps_are_named(shared_data):
+    """The two label maps of the data set (manifest flag label_map), and no image."""
+    for rel in ("totalsegmentator_examples/example_seg.nii.gz",  # TotalSegmentator organ ids
+                "dicomsamples_jl/MR_UnspecifiedLength.dcm"):      # DICOM SEG breast mask
+        assert "label_map" in _codes(run_checks(_load(shared_data / rel)), ("high",)), rel
+    for rel in ("totalsegmentator_examples/example_ct_sm.nii.gz",  # the CT of that map
+                "niivue-demo-images/CT_AVM.nii.gz",                 # uint8 CT
+                "dicomsamples_jl/MG_Explicit_Little.dcm"):          # flat test pattern
+        assert "label_map" not in _codes(run_checks(_load(shared_data / rel))), rel

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scanqc.io.scan import SEVERITIES, Scan, ScanWarning
-from scanqc.scoring import fov, header, quality
+from scanqc.scoring import fov, header, label_map, quality
 from scanqc.scoring.body_mask import CheckData, prepare
 
 
@@ -67,6 +67,7 @@ CHECKS: dict[str, CheckFn] = {
     "inverted": lambda s, d, c: quality.check_inverted(s, d),
     "air_artifacts": lambda s, d, c: quality.check_air_artifacts(s, d),
     "derived_map": lambda s, d, c: quality.check_derived_map(s, d),
+    "label_map": lambda s, d, c: label_map.check_label_map(s, d),
     "region_header_mismatch": lambda s, d, c: header.region_header_mismatch(
         s, c.predicted_region or "", float(c.region_confidence or 0.0)),
 }
@@ -74,7 +75,8 @@ CHECKS: dict[str, CheckFn] = {
 #: Checks that only make sense when the image is not constant/empty.
 _CONTENT_CHECKS = {"noise_only", "fov_cut", "short_coverage", "truncated_coverage",
                    "brightness", "low_information", "blurry", "clipped", "inverted",
-                   "air_artifacts", "modality_mismatch", "blank_slices", "derived_map"}
+                   "air_artifacts", "modality_mismatch", "blank_slices", "derived_map",
+                   "label_map"}
 
 
 def _failed(name: str, exc: BaseException) -> ScanWarning:
