@@ -16,7 +16,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
 from test_dicom import DX_IMAGE, make_dataset, only, save  # tests/io is on sys.path
 
 from scanqc.io import dicom
-from scanqc.io.codestream import frame_size
+from scanqc.io.codestream import frame_size, j2k_sample_format
 from scanqc.io.discover import discover
 from scanqc.io.scan import ScanReadError
 
@@ -107,3 +107,40 @@ def test_a_frame_declaring_fewer_pixels_is_left_to_the_decoder(tmp_path: Path):
     with pytest.raises(ScanReadError) as err:
         dicom.load_dicom(entry)
     assert "declares" not in str(err.value)  # the decoder or the shape check reports it
+
+
+def test_sample_format_read_from_the_jpeg2000_siz():
+    frag = _first_fragment(_compressed(JPEG2000Lossless))
+    assert j2k_sample_format(frag) == (False, 16)  # uint16 pixels
+    signed = _first_fragment(_with_header(_compressed(JPEG2000Lossless), representation=1))
+    assert j2k_sample_format(signed) == (False, 16)  # the stream keeps its own format
+    assert j2k_sample_format(_jpeg(33, 17)) is None and j2k_sample_format(frag[:40]) is None
+
+
+def _with_header(ds, representation=None, bits_stored=None):
+    if representation is not None:
+        ds.PixelRepresentation = representation
+    if bits_stored is not None:
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+    return ds
+
+
+def _codes(path):
+    entry = only(discover(path.parent), status="ok")
+    return {w.code: w.severity for w in dicom.load_dicom(entry).warnings}
+
+
+def test_a_header_that_contradicts_the_jpeg2000_stream_is_reported(tmp_path: Path):
+    """PixelRepresentation and BitsStored that lie about the codestream (real archive files
+    such as pylibjpeg-data's TOSHIBA_J2K_SIZ1_PixRep0.dcm do)."""
+    for name, kw, want in (
+        ("signed", {"representation": 1}, {"pixel_representation_mismatch": "warn"}),
+        ("bits", {"bits_stored": 12}, {"bits_stored_mismatch": "info"}),
+        ("clean", {}, {}),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        save(_with_header(_compressed(JPEG2000Lossless), **kw), folder / "x.dcm")
+        codes = _codes(folder / "x.dcm")
+        assert {c: codes[c] for c in codes if c.endswith("_mismatch")} == want, name

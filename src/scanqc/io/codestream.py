@@ -1,4 +1,4 @@
-"""The image size a compressed DICOM frame declares, read before any decoding.
+"""The image size (and sample format) a compressed DICOM frame declares, before decoding.
 
 A JPEG, JPEG-LS or JPEG 2000 codestream carries its own image size (JPEG SOF, JPEG-LS
 SOF55, JPEG 2000 SIZ marker), which the decoder allocates for whatever the DICOM header
@@ -65,3 +65,23 @@ def frame_size(frame: bytes) -> tuple[int, int, int] | None:
             return None
         i += 2 + length
     return None
+
+
+def j2k_sample_format(frame: bytes) -> tuple[bool, int] | None:
+    """``(signed, bits)`` of the first component a JPEG 2000 codestream declares (SIZ).
+
+    Args:
+        frame: The first bytes of one encapsulated frame.
+
+    Returns:
+        Whether the samples are signed and their precision in bits, or None when the frame
+        is not a JPEG 2000 codestream or its SIZ marker is cut short.
+    """
+    start = frame.find(_J2K_START, 0, _J2K_SEARCH)
+    if start < 0:
+        return None
+    siz = frame[start + 4:start + 43]
+    if len(siz) < 39:
+        return None
+    ssiz = siz[38]  # after Lsiz, Rsiz, the eight sizes and offsets, and Csiz
+    return bool(ssiz & 0x80), (ssiz & 0x7F) + 1

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.io import limits
-from scanqc.io.codestream import frame_size
+from scanqc.io.codestream import frame_size, j2k_sample_format
 from scanqc.io.dicom_header import (  # noqa: F401 - the public names stay importable here
     _PIXEL_TAGS,
     DICOM_SUFFIXES,
@@ -182,6 +182,44 @@ def _check_frame_sizes(ds: Any, path: str) -> None:
         raise
     except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
         return
+
+
+def _codestream_warnings(ds: Any) -> list[ScanWarning]:
+    """Where the first frame's JPEG 2000 stream contradicts the header's sample format.
+
+    Neither is corrected: pydicom decodes as the header says. A signedness that differs
+    (``pixel_representation_mismatch``, warn) can wrap negative values to large ones;
+    a precision other than BitsStored (``bits_stored_mismatch``, info) breaks the DICOM
+    rule that they agree and misleads viewers that window by BitsStored.
+    """
+    try:
+        if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            return []
+        from pydicom.encaps import generate_fragmented_frames
+
+        n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        fragments = next(iter(generate_fragmented_frames(ds.PixelData,
+                                                         number_of_frames=n_frames)), None)
+        declared = j2k_sample_format(fragments[0]) if fragments else None
+    except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
+        return []
+    if declared is None:
+        return []
+    signed, bits = declared
+    out = []
+    rep = _as_int(ds.get("PixelRepresentation"), None)
+    if rep in (0, 1) and signed != bool(rep):
+        kinds = ("unsigned", "signed")
+        out.append(ScanWarning(
+            "pixel_representation_mismatch",
+            f"the header says {kinds[rep]} pixels (PixelRepresentation {rep}), the JPEG 2000 "
+            f"stream holds {kinds[signed]} {bits}-bit values: the values may be wrong", "warn"))
+    stored = _as_int(ds.get("BitsStored"), None)
+    if stored and stored != bits:
+        out.append(ScanWarning(
+            "bits_stored_mismatch",
+            f"the header says {stored} bits stored, the JPEG 2000 stream has {bits}", "info"))
+    return out
 
 
 #: Uncompressed little-endian transfer syntaxes (Implicit and Explicit VR Little Endian).
@@ -456,6 +494,8 @@ def _read_slice(path: str, first: DicomHeader) -> _Slice:
     if (h.rows, h.cols, h.samples) != (first.rows, first.cols, first.samples):
         raise ScanReadError(first.path, "slices differ in size (Rows/Columns): not one volume")
     _prepare_dataset(ds, path, warns)
+    if path == first.path:  # one warning per series
+        warns += _codestream_warnings(ds)
     arr = _decode(ds, path)
     frames = h.frames if h.frames_valid else 1
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
