@@ -135,7 +135,7 @@ def test_a_header_that_contradicts_the_jpeg2000_stream_is_reported(tmp_path: Pat
     """PixelRepresentation and BitsStored that lie about the codestream (real archive files
     such as pylibjpeg-data's TOSHIBA_J2K_SIZ1_PixRep0.dcm do)."""
     for name, kw, want in (
-        ("signed", {"representation": 1}, {"pixel_representation_mismatch": "warn"}),
+        ("signed", {"representation": 1}, {"pixel_representation_mismatch": "info"}),
         ("bits", {"bits_stored": 12}, {"bits_stored_mismatch": "info"}),
         ("clean", {}, {}),
     ):
@@ -144,3 +144,17 @@ def test_a_header_that_contradicts_the_jpeg2000_stream_is_reported(tmp_path: Pat
         save(_with_header(_compressed(JPEG2000Lossless), **kw), folder / "x.dcm")
         codes = _codes(folder / "x.dcm")
         assert {c: codes[c] for c in codes if c.endswith("_mismatch")} == want, name
+
+
+def test_signed_stream_under_an_unsigned_header_is_read_as_signed(tmp_path: Path):
+    """A CT whose header says unsigned while its JPEG 2000 stream is signed (as the real
+    TOSHIBA_J2K_SIZ1_PixRep0.dcm): decoded by the header, -1000 would read 64536."""
+    ct = (np.random.default_rng(4).random((80, 64)) * 1500 - 1000).astype(np.int16)
+    ds = make_dataset(ct, modality="CT")
+    ds.compress(JPEG2000Lossless)
+    assert j2k_sample_format(_first_fragment(ds))[0]  # a signed stream
+    ds.PixelRepresentation = 0  # the header lies
+    save(ds, tmp_path / "ct.dcm")
+    scan = dicom.load_dicom(only(discover(tmp_path), status="ok"))
+    np.testing.assert_array_equal(scan.data, ct)
+    assert {w.code: w.severity for w in scan.warnings}["pixel_representation_mismatch"] == "warn"

@@ -184,25 +184,31 @@ def _check_frame_sizes(ds: Any, path: str) -> None:
         return
 
 
-def _codestream_warnings(ds: Any) -> list[ScanWarning]:
-    """Where the first frame's JPEG 2000 stream contradicts the header's sample format.
-
-    Neither is corrected: pydicom decodes as the header says. A signedness that differs
-    (``pixel_representation_mismatch``, warn) can wrap negative values to large ones;
-    a precision other than BitsStored (``bits_stored_mismatch``, info) breaks the DICOM
-    rule that they agree and misleads viewers that window by BitsStored.
-    """
+def _codestream_format(ds: Any) -> tuple[bool, int] | None:
+    """``(signed, bits)`` the first frame's JPEG 2000 stream declares (None: not JPEG 2000)."""
     try:
         if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            return []
+            return None
         from pydicom.encaps import generate_fragmented_frames
 
         n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
         fragments = next(iter(generate_fragmented_frames(ds.PixelData,
                                                          number_of_frames=n_frames)), None)
-        declared = j2k_sample_format(fragments[0]) if fragments else None
+        return j2k_sample_format(fragments[0]) if fragments else None
     except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
-        return []
+        return None
+
+
+def _codestream_warnings(ds: Any, declared: tuple[bool, int] | None) -> list[ScanWarning]:
+    """Where a JPEG 2000 stream's sample format (``declared``) contradicts the header.
+
+    A signedness that differs is ``pixel_representation_mismatch``: a warning when the
+    header says unsigned and the stream is signed (decoded by the header, negative values
+    would wrap to large ones, speckled garbage; :func:`_signed_as_stream` reads them as
+    the stream says), a note the other way round (pydicom's sign correction reads the
+    values right). A precision other than BitsStored (``bits_stored_mismatch``, info)
+    breaks the DICOM rule that they agree and misleads viewers that window by BitsStored.
+    """
     if declared is None:
         return []
     signed, bits = declared
@@ -210,16 +216,33 @@ def _codestream_warnings(ds: Any) -> list[ScanWarning]:
     rep = _as_int(ds.get("PixelRepresentation"), None)
     if rep in (0, 1) and signed != bool(rep):
         kinds = ("unsigned", "signed")
+        wraps = signed and rep == 0
         out.append(ScanWarning(
             "pixel_representation_mismatch",
             f"the header says {kinds[rep]} pixels (PixelRepresentation {rep}), the JPEG 2000 "
-            f"stream holds {kinds[signed]} {bits}-bit values: the values may be wrong", "warn"))
+            f"stream holds {kinds[signed]} {bits}-bit values"
+            + (": read as signed, as the stream says" if wraps else ""),
+            "warn" if wraps else "info"))
     stored = _as_int(ds.get("BitsStored"), None)
     if stored and stored != bits:
         out.append(ScanWarning(
             "bits_stored_mismatch",
             f"the header says {stored} bits stored, the JPEG 2000 stream has {bits}", "info"))
     return out
+
+
+def _signed_as_stream(arr: np.ndarray, ds: Any, declared: tuple[bool, int] | None
+                      ) -> np.ndarray:
+    """Signed JPEG 2000 samples decoded as unsigned (the header's claim), read as signed.
+
+    The decoder returns the stream's signed values and pydicom stores them in the header's
+    unsigned type, so a negative value v becomes v + 2**n: viewing the same bytes as the
+    signed type of that size gives v back.
+    """
+    if (declared is None or not declared[0] or _as_int(ds.get("PixelRepresentation"), None)
+            != 0 or arr.dtype.kind != "u"):
+        return arr
+    return arr.view(np.dtype(f"{arr.dtype.byteorder}i{arr.dtype.itemsize}"))
 
 
 #: Uncompressed little-endian transfer syntaxes (Implicit and Explicit VR Little Endian).
@@ -494,9 +517,10 @@ def _read_slice(path: str, first: DicomHeader) -> _Slice:
     if (h.rows, h.cols, h.samples) != (first.rows, first.cols, first.samples):
         raise ScanReadError(first.path, "slices differ in size (Rows/Columns): not one volume")
     _prepare_dataset(ds, path, warns)
+    declared = _codestream_format(ds)
     if path == first.path:  # one warning per series
-        warns += _codestream_warnings(ds)
-    arr = _decode(ds, path)
+        warns += _codestream_warnings(ds, declared)
+    arr = _signed_as_stream(_decode(ds, path), ds, declared)
     frames = h.frames if h.frames_valid else 1
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
