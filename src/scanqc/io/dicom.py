@@ -240,8 +240,8 @@ def _signed_as_stream(arr: np.ndarray, ds: Any, declared: tuple[bool, int] | Non
     signed type of that size gives v back.
     """
     if (declared is None or not declared[0] or _as_int(ds.get("PixelRepresentation"), None)
-            != 0 or arr.dtype.kind != "u"):
-        return arr
+            != 0 or arr.dtype.kind != "u" or _as_int(ds.get("SamplesPerPixel"), 1) != 1):
+        return arr  # colour is left as decoded
     return arr.view(np.dtype(f"{arr.dtype.byteorder}i{arr.dtype.itemsize}"))
 
 
