@@ -88,3 +88,9 @@ def test_label_maps_are_named(shared_data):
                 "niivue-demo-images/CT_AVM.nii.gz",                 # uint8 CT
                 "dicomsamples_jl/MG_Explicit_Little.dcm"):          # flat test pattern
         assert "label_map" not in _codes(run_checks(_load(shared_data / rel))), rel
+
+
+def test_tiny_test_images_are_flagged(shared_data):
+    folder = shared_data / "pydicom_3.0.2_testfiles" / "dicomdirtests" / "77654033" / "CR1"
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert files and "tiny_image" in _codes(run_checks(_load(files[0])), ("high",))

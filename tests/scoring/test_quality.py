@@ -280,3 +280,14 @@ def test_efc_from_value_counts_equals_the_sum_over_pixels(dtype):
     assert quality.efc(x, integer=False) == pytest.approx(expected, rel=1e-12)
     assert math.isnan(quality.efc(np.zeros((4, 4), np.float32), integer=True))
     assert math.isnan(quality.efc(np.ones(1, np.float32)))
+
+
+def test_tiny_images_are_flagged_whatever_their_content():
+    """Icons and 16 x 16 test images get tiny_image (high); 64 x 64 EPI or NM do not."""
+    tiny = run_checks(dx(radiograph(shape=(16, 16))))
+    assert {w.code: w.severity for w in tiny}["tiny_image"] == "high"
+    assert "16 x 16 pixels" in next(w.message for w in tiny if w.code == "tiny_image")
+    vol = Scan(np.zeros((5, 16, 40), np.int16), (1.0, 1.0, 1.0), np.eye(4), "volume")
+    assert [w.code for w in quality.check_tiny(vol)] == ["tiny_image"]  # 40 x 16
+    for shape in ((32, 32), (64, 64)):
+        assert quality.check_tiny(dx(radiograph(shape=shape))) == []

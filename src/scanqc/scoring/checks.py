@@ -48,6 +48,7 @@ CheckFn = Callable[[Scan, CheckData, CheckContext], list[ScanWarning]]
 #: name -> check(scan, data, context). Order is the order of the warnings.
 CHECKS: dict[str, CheckFn] = {
     "constant_image": lambda s, d, c: quality.check_constant(s, d),
+    "tiny_image": lambda s, d, c: quality.check_tiny(s),
     "no_anatomy": lambda s, d, c: fov.check_no_anatomy(s, d),
     "noise_only": lambda s, d, c: quality.check_noise_only(s, d),
     "modality_mismatch": lambda s, d, c: header.check_modality_mismatch(s, d),
@@ -139,7 +140,8 @@ def _check_scan(
         if name in ctx.skip:
             continue
         if data is None and name not in ("implausible_spacing", "localizer", "plane_mismatch",
-                                         "slice_gaps", "region_header_mismatch"):
+                                         "slice_gaps", "region_header_mismatch",
+                                         "tiny_image"):
             continue
         if constant and name in _CONTENT_CHECKS:
             continue

@@ -39,6 +39,8 @@ DERIVED_NEG_FRACTION = 0.05
 DERIVED_CENTRE = 0.1
 #: QI1-like artefact fraction of the air for ``air_artifacts``.
 QI1_LIMIT = 0.2
+#: Fewest pixels along each in-plane axis of an image that can show anatomy.
+MIN_MATRIX = 32
 
 _MR_LIKE = {"MR", "PT", "NM"}
 
@@ -291,6 +293,22 @@ def check_constant(scan: Scan, data: CheckData | None = None) -> list[ScanWarnin
             return [ScanWarning("constant_image", f"constant image (every value is {v:g})",
                                 severity="high", value=v)]
     return []
+
+
+def check_tiny(scan: Scan) -> list[ScanWarning]:
+    """``tiny_image`` (high): under :data:`MIN_MATRIX` pixels along an in-plane axis.
+
+    Icons, thumbnails and test files (16 x 16 DICOM test images, 10 x 10 dose grids) that
+    no reader or model can use; the smallest real scans (64 x 64 EPI, nuclear medicine)
+    are above the limit.
+    """
+    shape = tuple(int(n) for n in scan.spatial_shape[-2:])
+    if len(shape) < 2 or min(shape) >= MIN_MATRIX:
+        return []
+    rows, cols = shape
+    return [ScanWarning("tiny_image", f"{cols} x {rows} pixels: too few to show anatomy "
+                        "(a thumbnail, icon or test file)", severity="high",
+                        value=float(min(shape)))]
 
 
 def check_blank_slices(scan: Scan, data: CheckData | None = None) -> list[ScanWarning]:
