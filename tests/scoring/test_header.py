@@ -7,6 +7,7 @@ import pytest
 
 from scanqc.io.scan import Scan
 from scanqc.scoring import header
+from scanqc.scoring.checks import run_checks
 
 
 def ct_volume(hu=True, modality="CT", name="", **meta):
@@ -98,3 +99,19 @@ def test_region_header_mismatch():
     assert header.region_header_mismatch(chest, "abdomen", 0.99) == []  # overlapping
     blank = Scan(np.zeros((4, 4)), (1, 1), np.eye(4), "image")
     assert header.region_header_mismatch(blank, "chest", 0.99) == []  # nothing to compare
+
+
+def test_burned_in_annotation_is_a_warning_only_when_the_header_says_yes():
+    from scanqc.scoring.header import check_burned_in
+
+    def us(value):
+        md = {} if value is None else {"BurnedInAnnotation": value}
+        return Scan(np.full((64, 64), 100, np.uint8), (0.2, 0.2), np.eye(4), "image",
+                    modality="US", metadata=md)
+
+    ws = check_burned_in(us("YES "))
+    assert [(w.code, w.severity) for w in ws] == [("burned_in_text", "warn")]
+    assert "de-identify" in ws[0].message
+    assert check_burned_in(us("NO")) == [] and check_burned_in(us(None)) == []
+    codes = {w.code for w in run_checks(us("YES"))}
+    assert "burned_in_text" in codes  # also when the pixels are constant

@@ -53,6 +53,7 @@ CHECKS: dict[str, CheckFn] = {
     "noise_only": lambda s, d, c: quality.check_noise_only(s, d),
     "modality_mismatch": lambda s, d, c: header.check_modality_mismatch(s, d),
     "implausible_spacing": lambda s, d, c: header.check_spacing(s),
+    "burned_in_text": lambda s, d, c: header.check_burned_in(s),
     "localizer": lambda s, d, c: fov.check_localizer(s),
     "fov_cut": lambda s, d, c: fov.check_fov_cut(s, d),
     "short_coverage": lambda s, d, c: fov.check_short_coverage(
@@ -141,7 +142,7 @@ def _check_scan(
             continue
         if data is None and name not in ("implausible_spacing", "localizer", "plane_mismatch",
                                          "slice_gaps", "region_header_mismatch",
-                                         "tiny_image"):
+                                         "tiny_image", "burned_in_text"):
             continue
         if constant and name in _CONTENT_CHECKS:
             continue

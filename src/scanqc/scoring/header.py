@@ -170,6 +170,20 @@ def check_spacing(scan: Scan) -> list[ScanWarning]:
     return []
 
 
+def check_burned_in(scan: Scan) -> list[ScanWarning]:
+    """``burned_in_text`` (warn): the header says the pixels carry burned-in annotation.
+
+    DICOM ``BurnedInAnnotation`` YES (ultrasound, screen captures, some secondary
+    captures): names, IDs or dates may be part of the image itself, which removing header
+    fields does not de-identify. scanqc's HTML report shows no thumbnail of such a scan.
+    """
+    if str(meta_get(scan, "BurnedInAnnotation", default="") or "").strip().upper() != "YES":
+        return []
+    return [ScanWarning("burned_in_text", "the header says the image carries burned-in text "
+                        "(BurnedInAnnotation YES): names, IDs or dates may be in the pixels; "
+                        "de-identify them before sharing", severity="warn")]
+
+
 def header_regions(scan: Scan) -> frozenset[str]:
     """Region classes named by the header (empty when none matches).
 
