@@ -236,3 +236,26 @@ def test_uncompressed_file_shorter_than_its_header_says_is_refused_before_readin
     tracemalloc.stop()
     assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
     assert peak < 20 << 20  # the 960 MB are never allocated
+
+
+def test_disagreeing_qform_and_sform_are_reported(tmp_path):
+    """A header whose two transforms disagree (read with the sform, as nibabel does)."""
+    data = np.zeros((20, 24, 10), np.int16)
+    data[5:15, 6:18, 2:8] = 100
+    sform = np.diag([1.0, 1.0, 2.0, 1.0])
+
+    def write(name, qform, qcode=1):
+        img = nib.Nifti1Image(data, sform)
+        img.set_sform(sform, code=1)
+        img.set_qform(qform, code=qcode)
+        nib.save(img, tmp_path / name)
+        return {w.code: w for w in load_nifti(tmp_path / name).warnings}
+
+    assert "qform_sform_mismatch" not in write("same.nii.gz", sform)
+    shifted = sform.copy()
+    shifted[:3, 3] = [30.0, 0.0, 0.0]
+    w = write("shifted.nii.gz", shifted)["qform_sform_mismatch"]
+    assert w.severity == "warn" and "30.0 mm" in w.message and "mirrored" not in w.message
+    flipped = np.diag([-1.0, 1.0, 2.0, 1.0])
+    assert "mirrored" in write("flipped.nii.gz", flipped)["qform_sform_mismatch"].message
+    assert "qform_sform_mismatch" not in write("unset.nii.gz", shifted, qcode=0)

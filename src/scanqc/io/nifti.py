@@ -273,6 +273,41 @@ def _plain_values(arr: np.ndarray, path: str, warnings: list[ScanWarning]) -> np
     return arr
 
 
+#: qform and sform differing by more than this (mm, over the voxel corners) disagree.
+FORM_TOLERANCE_MM = 0.5
+
+
+def form_disagreement(header: object, spatial: tuple[int, ...]) -> ScanWarning | None:
+    """``qform_sform_mismatch`` (warn): both transforms are set and place the voxels apart.
+
+    nibabel (and scanqc) use the sform when its code is set; ITK and SimpleITK, hence
+    nnU-Net and many converters, use the qform. When the two disagree the same file is
+    shown in two places, or mirrored, depending on the tool. Compared over the corners of
+    the voxel grid, so rounding in the quaternion does not count.
+    """
+    try:
+        if int(header["qform_code"]) <= 0 or int(header["sform_code"]) <= 0:
+            return None
+        q, s = np.asarray(header.get_qform(), float), np.asarray(header.get_sform(), float)
+    except Exception:  # noqa: BLE001 - an unreadable transform is checked elsewhere
+        return None
+    if not (np.isfinite(q).all() and np.isfinite(s).all()):
+        return None
+    n = [max(1, int(v)) - 1 for v in (list(spatial) + [1, 1, 1])[:3]]
+    corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1])
+                        for k in (0, n[2])]).T
+    apart = float(np.linalg.norm((q - s) @ corners, axis=0).max())
+    if apart <= FORM_TOLERANCE_MM:
+        return None
+    mirrored = np.sign(np.linalg.det(q[:3, :3])) != np.sign(np.linalg.det(s[:3, :3]))
+    return ScanWarning(
+        "qform_sform_mismatch",
+        f"the header's qform and sform disagree (up to {apart:.1f} mm apart"
+        + (", and mirrored" if mirrored else "") + "): read with the sform; tools that use "
+        "the qform (ITK, SimpleITK) place the image differently", severity="warn",
+        value=apart)
+
+
 def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = None) -> Scan:
     """Read a NIfTI file into a :class:`Scan` with data axes ``(S, P, L)``.
 
@@ -375,6 +410,9 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
                 severity="warn",
             )
         )
+    disagreement = form_disagreement(img.header, spatial)
+    if disagreement is not None:
+        warnings.append(disagreement)
     col_norm = np.linalg.norm(affine[:3, :3], axis=0)
     if not (np.isfinite(affine).all() and (col_norm > 0).all()
             and abs(np.linalg.det(affine[:3, :3])) > 1e-12
