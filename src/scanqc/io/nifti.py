@@ -375,7 +375,8 @@ def load_nifti(path: str | Path, *, scan_id: str = "", max_bytes: int | None = N
         warnings.append(
             ScanWarning(
                 "4d_first_volume",
-                f"4D with {n_volumes} volumes: showing volume 0",
+                f"4D with {n_volumes} volumes (a time series, diffusion or ASL set): "
+                "volume 0 is shown and scored",
                 severity="info",
                 value=float(n_volumes),
             )
