@@ -348,3 +348,25 @@ def test_few_references_are_called_out(tmp_path, tiny_model, caplog):
     rc = main(["score", str(root), "--references", str(refs), "--out", str(out),
                "--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"])
     assert rc == 0 and "reference scans:" not in caplog.text
+
+
+def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model):
+    import shutil
+
+    from PIL import Image
+
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=1, corrupt=False)
+    shutil.copy(root / "sub" / "vol0.nii.gz", root / "sub" / "vol9_copy.nii.gz")
+    Image.open(root / "img0.png").save(root / "img9_again.jpg", quality=95)  # re-encoded
+    out = tmp_path / "r.csv"
+    rc = main(["score", str(root), "--out", str(out), "--workers", "0", "--max-slices", "4",
+               "--no-progress", "--no-cache"])
+    assert rc == 0
+    rows = {r["path"]: r for r in read_report(out)}
+    copy = rows["sub/vol9_copy.nii.gz"]
+    assert "exact_duplicate" in copy["warnings"]
+    assert "identical pixels to sub/vol0.nii.gz" in copy["warnings_detail"]
+    assert "near_duplicate" in rows["img9_again.jpg"]["warnings"]
+    assert "img0.png" in rows["img9_again.jpg"]["warnings_detail"]
+    for path in ("sub/vol0.nii.gz", "sub/vol1.nii.gz", "img0.png"):
+        assert "duplicate" not in rows[path]["warnings"], path

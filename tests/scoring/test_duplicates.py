@@ -75,3 +75,29 @@ def test_many_items_band_search_matches_bruteforce():
     brute = {i for i, a in fps for j, b in fps if i != j and hamming(a.phash, b.phash) <= 4}
     assert set(res) == brute
     assert {1001, 1002, 1003, 1004} <= set(res)
+
+
+def test_index_marks_the_later_copy_and_matches_brute_force():
+    from scanqc.scoring.duplicates import DuplicateIndex, from_text, to_text
+
+    rng = np.random.default_rng(7)
+    fps = [Fingerprint(exact=f"e{i}", phash=int(rng.integers(1, 2**63)), shape=(1,))
+           for i in range(200)]
+    for k, src in ((1, 3), (2, 8)):  # near copies 1 and 2 bits away, added later
+        flipped = fps[src].phash
+        for b in rng.choice(64, k, replace=False):
+            flipped ^= 1 << int(b)
+        fps.append(Fingerprint(exact=f"n{k}", phash=flipped, shape=(1,)))
+    fps.append(Fingerprint(exact="e5", phash=fps[5].phash, shape=(1,)))  # an exact copy of 5
+    index = DuplicateIndex(max_distance=2)
+    found = {i: index.add(f"scan{i}", from_text(to_text(fp))) for i, fp in enumerate(fps)}
+    flagged = {i: [w.code for w in ws] for i, ws in found.items() if ws}
+    assert flagged == {200: ["near_duplicate"], 201: ["near_duplicate"], 202: ["exact_duplicate"]}
+    assert "scan3" in found[200][0].message and found[200][0].value == 1.0
+    assert found[202][0].message == "identical pixels to scan5"
+    # brute force over the earlier scans gives the same near duplicates
+    brute = {j for j in range(len(fps)) for i in range(j)
+             if fps[i].exact != fps[j].exact and hamming(fps[i].phash, fps[j].phash) <= 2}
+    assert brute == {200, 201}
+    assert DuplicateIndex(max_distance=0).add("x", fps[0]) == []
+    assert from_text("") is None and from_text("abc:zz") is None

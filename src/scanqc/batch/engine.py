@@ -133,6 +133,9 @@ class _Run:
         self.refset_id = KNN_REFERENCE_ID
         self._ref_results: dict[str, tuple[ScanEntry, dict[str, Any]]] = {}
         self._held: list[tuple[dict[str, Any], np.ndarray, list, str | None]] = []
+        from scanqc.scoring.duplicates import DuplicateIndex
+
+        self._dup_index = DuplicateIndex()
         self.done = 0
         self.total = 0
         self.root: str | None = None
@@ -144,7 +147,25 @@ class _Run:
             self._embedder = Embedder(self.config)
         return self._embedder
 
+    def _duplicates(self, row: dict[str, Any]) -> None:
+        """Add exact/near duplicate warnings against the rows emitted before this one."""
+        from scanqc.scoring.duplicates import from_text
+
+        fp = from_text(row.get("fingerprint")) if row.get("status") == "ok" else None
+        if fp is None:
+            return
+        found = self._dup_index.add(str(row.get("path") or row.get("name") or ""), fp)
+        if found:
+            from scanqc.batch.pipeline import warnings_columns
+            from scanqc.scoring.checks import warnings_from_columns
+
+            had = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail")
+                                        or "", row.get("max_severity") or "info")
+            row["warnings"], row["warnings_detail"], row["max_severity"] = \
+                warnings_columns([*had, *found])
+
     def _emit(self, row: dict[str, Any], count: bool = True) -> dict[str, Any]:
+        self._duplicates(row)
         if count:
             self.done += 1
             report(self.progress, self.done, self.total, row.get("name") or "")

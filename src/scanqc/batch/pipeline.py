@@ -186,7 +186,8 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
     Args:
         entry: A discovered scan with status ``ok``.
         options: ``root``, ``size``, ``max_slices``, ``max_bytes``, ``checks`` (bool),
-            ``content_key`` (bool: hash the files for the resume cache).
+            ``content_key`` (bool: hash the files for the resume cache), ``duplicates``
+            (bool, default True: the row's ``fingerprint`` for duplicate detection).
 
     Returns:
         ``{"row": partial row, "slices": float32 (N, S, S) or None, "slice_index": (N,),
@@ -218,6 +219,11 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
             warnings = list(scan.warnings)
         if options.get("asymmetry"):
             row["asymmetry_score"] = asymmetry_score(scan, warnings, entry)
+        if options.get("duplicates", True):
+            from scanqc.scoring.duplicates import fingerprint, to_text
+
+            with contextlib.suppress(Exception):  # duplicates are a bonus, never fatal
+                row["fingerprint"] = to_text(fingerprint(scan))
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
         from scanqc.models.preprocess import scan_to_slices
 
