@@ -350,7 +350,7 @@ def test_few_references_are_called_out(tmp_path, tiny_model, caplog):
     assert rc == 0 and "reference scans:" not in caplog.text
 
 
-def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model):
+def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model, capsys):
     import shutil
 
     from PIL import Image
@@ -362,6 +362,7 @@ def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model
     rc = main(["score", str(root), "--out", str(out), "--workers", "0", "--max-slices", "4",
                "--no-progress", "--no-cache"])
     assert rc == 0
+    assert "scanqc: 1 exact and 1 near duplicates of an earlier scan" in capsys.readouterr().err
     rows = {r["path"]: r for r in read_report(out)}
     copy = rows["sub/vol9_copy.nii.gz"]
     assert "exact_duplicate" in copy["warnings"]

@@ -299,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         cache = ResultCache(args.cache or args.out.with_name(args.out.name + ".cache.sqlite"))
     writer = ReportWriter(args.out, fmt, resume=args.resume)
     bar = _Bar(not args.no_progress)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0,
+              "exact_duplicate": 0, "near_duplicate": 0}
     flagged_paths: dict[str, tuple[str, ...]] = {}
     errors: list[str] = []  # the first few error causes, echoed at the end
     worst: list[tuple[float, str, str]] = []  # (-bad_score, path, warnings) of flagged rows
@@ -312,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
                 errors.append(str(row.get("error") or row.get("path") or "?"))
             counts["cached"] += bool(row.get("_cached"))
             counts["redacted"] += REDACTED in str(row.get("path") or "")
+            codes = str(row.get("warnings") or "").split(";")
+            counts["exact_duplicate"] += "exact_duplicate" in codes
+            counts["near_duplicate"] += "near_duplicate" in codes
             if row.get("flagged"):
                 counts["flagged"] += 1
                 flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
@@ -346,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
         print("scanqc: one readable scan and no references: no outlier score (it compares "
               "scans with each other); it is flagged only by its checks' warnings. Give "
               "--references or more scans", file=sys.stderr)
+    if counts["exact_duplicate"] or counts["near_duplicate"]:
+        print(f"scanqc: {counts['exact_duplicate']} exact and {counts['near_duplicate']} near "
+              "duplicates of an earlier scan (warnings exact_duplicate, near_duplicate: each "
+              "names the scan it copies)", file=sys.stderr)
     if counts["redacted"]:
         print(f"scanqc: {counts['redacted']} paths hold the patient's name or an ID from the "
               "DICOM header in a folder or file name: written as [redacted] "
