@@ -359,10 +359,12 @@ def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model
     shutil.copy(root / "sub" / "vol0.nii.gz", root / "sub" / "vol9_copy.nii.gz")
     Image.open(root / "img0.png").save(root / "img9_again.jpg", quality=95)  # re-encoded
     out = tmp_path / "r.csv"
+    html = tmp_path / "r.html"
     rc = main(["score", str(root), "--out", str(out), "--workers", "0", "--max-slices", "4",
-               "--no-progress", "--no-cache"])
+               "--no-progress", "--no-cache", "--html", str(html)])
     assert rc == 0
     assert "scanqc: 1 exact and 1 near duplicates of an earlier scan" in capsys.readouterr().err
+    assert "<b>2</b> duplicates of another scan" in html.read_text()
     rows = {r["path"]: r for r in read_report(out)}
     copy = rows["sub/vol9_copy.nii.gz"]
     assert "exact_duplicate" in copy["warnings"]

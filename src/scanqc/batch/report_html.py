@@ -197,6 +197,8 @@ def write_html_report(
     n_err = sum(r.get("status") == "error" for r in rows)
     n_skip = sum(r.get("status") == "skipped" for r in rows)
     n_flag = sum(bool(r.get("flagged")) for r in rows)
+    n_dup = sum(bool({"exact_duplicate", "near_duplicate"} & set(
+        str(r.get("warnings") or "").split(";"))) for r in rows)
     col = f"{statistic}_distance" if statistic in ("mean", "min") else "mean_distance"
     dist = [r.get(col) for r in rows if isinstance(r.get(col), (int, float))]
     thr_vals = [r.get("threshold") for r in rows if isinstance(r.get("threshold"), (int, float))]
@@ -221,7 +223,9 @@ def write_html_report(
         "<div class='counts'>",
         f"<span><b>{n}</b> scans</span><span><b>{n_ok}</b> scored</span>",
         f"<span><b>{n_flag}</b> flagged</span><span><b>{n_err}</b> errors</span>",
-        f"<span><b>{n_skip}</b> skipped</span></div>",
+        f"<span><b>{n_skip}</b> skipped</span>"
+        + (f"<span><b>{n_dup}</b> duplicates of another scan</span>" if n_dup else "")
+        + "</div>",
         f"<p><img alt='score histogram' src='data:image/png;base64,{hist}'></p>",
         "<table><thead><tr><th>images</th><th>scan</th><th>status</th><th>bad score</th>"
         "<th>distance</th><th>warnings</th><th>region</th>"
