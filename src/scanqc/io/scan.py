@@ -111,6 +111,12 @@ def make_scan_id(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luminance (float32) of ``(..., 3)`` colour data."""
+    d = np.asarray(rgb).astype(np.float32)
+    return 0.299 * d[..., 0] + 0.587 * d[..., 1] + 0.114 * d[..., 2]
+
+
 @dataclass
 class ScanEntry:
     """A scan found by discovery, before its pixels are read (cheap to hold 100,000).
@@ -231,8 +237,7 @@ class Scan:
     def gray(self) -> np.ndarray:
         """Return the data as a single-channel array (luminance for RGB), float32."""
         if self.rgb:
-            d = self.data.astype(np.float32)
-            return 0.299 * d[..., 0] + 0.587 * d[..., 1] + 0.114 * d[..., 2]
+            return luminance(self.data)
         return self.data.astype(np.float32, copy=False)
 
     def slices(self) -> np.ndarray:
