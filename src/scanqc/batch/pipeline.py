@@ -118,7 +118,8 @@ def error_row(entry: ScanEntry, root: str | None, cause: str, status: str = "err
     return row
 
 
-def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]:
+def checks_and_quality(scan: Scan, keep: dict[str, Any] | None = None,
+                       ) -> tuple[list[ScanWarning], dict[str, float]]:
     """Run the QC checks and the quality metrics in one pass.
 
     :func:`scanqc.scoring.checks.check_scan` prepares the downsampled data (body mask,
@@ -130,7 +131,7 @@ def checks_and_quality(scan: Scan) -> tuple[list[ScanWarning], dict[str, float]]
     """
     from scanqc.scoring.checks import check_scan
 
-    warnings, metrics = check_scan(scan)
+    warnings, metrics = check_scan(scan, keep=keep)
     return list(warnings), {k: v for k, v in (metrics or {}).items() if v is not None}
 
 
@@ -211,8 +212,9 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         row["shape"] = _fmt_tuple(scan.spatial_shape)
         row["spacing"] = _fmt_tuple(scan.spacing)
         row["modality"] = scan.modality or entry.modality
+        kept: dict[str, Any] = {}
         if options.get("checks", True):
-            warnings, metrics = checks_and_quality(scan)
+            warnings, metrics = checks_and_quality(scan, kept)
             row.update({k: v for k, v in metrics.items() if k in QUALITY_COLUMNS})
             result["metrics"] = dict(metrics)  # all measures: reference quality distance
         else:
@@ -222,8 +224,10 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         if options.get("duplicates", True):
             from scanqc.scoring.duplicates import fingerprint, to_text
 
+            data = kept.get("data")  # a 2D image's windowed copy is the hash's input too
+            windowed = data.win[0] if data is not None and not scan.is_volume else None
             with contextlib.suppress(Exception):  # duplicates are a bonus, never fatal
-                row["fingerprint"] = to_text(fingerprint(scan))
+                row["fingerprint"] = to_text(fingerprint(scan, windowed))
         row["warnings"], row["warnings_detail"], row["max_severity"] = warnings_columns(warnings)
         from scanqc.models.preprocess import scan_to_slices
 

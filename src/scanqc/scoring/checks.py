@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -109,11 +110,19 @@ def check_scan(
     scan: Scan,
     context: CheckContext | None = None,
     timings: dict[str, float] | None = None,
+    keep: dict[str, Any] | None = None,
 ) -> tuple[list[ScanWarning], dict[str, float]]:
     """Like :func:`run_checks`, also returning the quality metrics.
 
     The metrics (:func:`scanqc.scoring.quality.quality_metrics`) come from the same
     downsampled data: one ``prepare`` instead of two.
+
+    Args:
+        scan: The scan (not modified).
+        context: Outside information (references, siblings, predicted region).
+        timings: If given, filled with seconds per check.
+        keep: If given, ``keep["data"]`` gets the shared :class:`CheckData` (None when it
+            could not be built), for callers that reuse the windowed copy.
 
     Returns:
         ``(warnings, metrics)``; metrics is ``{}`` when they could not be computed.
@@ -121,11 +130,12 @@ def check_scan(
     # overflow and NaN in the measures of extreme data (1e30 floats, Inf) end as NaN
     # metrics, which the checks and the report handle: no RuntimeWarning on the console
     with np.errstate(all="ignore"):
-        return _check_scan(scan, context or CheckContext(), timings)
+        return _check_scan(scan, context or CheckContext(), timings, keep)
 
 
 def _check_scan(
-    scan: Scan, ctx: CheckContext, timings: dict[str, float] | None
+    scan: Scan, ctx: CheckContext, timings: dict[str, float] | None,
+    keep: dict[str, Any] | None = None,
 ) -> tuple[list[ScanWarning], dict[str, float]]:
     out: list[ScanWarning] = list(scan.warnings)
     t0 = time.perf_counter()
@@ -134,6 +144,8 @@ def _check_scan(
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop a batch
         out.append(_failed("prepare", exc))
         data = None
+    if keep is not None:
+        keep["data"] = data
     if timings is not None:
         timings["prepare"] = time.perf_counter() - t0
     constant = False

@@ -90,8 +90,15 @@ def phash(img: np.ndarray) -> int:
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
 
-def fingerprint(scan: Scan) -> Fingerprint:
-    """Compute the :class:`Fingerprint` of ``scan``."""
+def fingerprint(scan: Scan, windowed: np.ndarray | None = None) -> Fingerprint:
+    """Compute the :class:`Fingerprint` of ``scan``.
+
+    Args:
+        scan: The scan.
+        windowed: Optionally, its middle slice already strided and windowed to [0, 1] (for
+            a 2D image the checks' ``CheckData.win[0]``, the same values): used when its
+            shape is the strided slice's, so the image is not windowed twice.
+    """
     data = np.ascontiguousarray(scan.data)
     raw = memoryview(data).cast("B")
     head = str((data.shape, data.dtype.str)).encode()
@@ -107,8 +114,11 @@ def fingerprint(scan: Scan) -> Fingerprint:
     if scan.rgb:
         mid = luminance(mid)
     p = 0
-    if mid.size and min(mid.shape) >= 2:
-        w = normalize(mid, window=robust_window(mid, scan.modality))
+    if mid.size and min(mid.shape[:2]) >= 2:
+        if windowed is not None and windowed.shape == mid.shape[:2]:
+            w = windowed
+        else:
+            w = normalize(mid, window=robust_window(mid, scan.modality))
         p = phash(w) if float(w.std()) > 0 else 0
     return Fingerprint(exact=exact, phash=p, shape=tuple(scan.spatial_shape))
 
