@@ -373,3 +373,20 @@ def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model
     assert "img0.png" in rows["img9_again.jpg"]["warnings_detail"]
     for path in ("sub/vol0.nii.gz", "sub/vol1.nii.gz", "img0.png"):
         assert "duplicate" not in rows[path]["warnings"], path
+
+
+def test_a_copy_added_before_resume_is_found_against_the_cached_original(tmp_path, tiny_model):
+    """The resume cache keeps each row's fingerprint, so a resumed run compares new scans
+    with the ones it does not read again."""
+    import shutil
+
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=1, corrupt=False)
+    out = tmp_path / "r.csv"
+    args = ["score", str(root), "--out", str(out), "--workers", "0", "--max-slices", "4",
+            "--no-progress"]
+    assert main(args) == 0
+    shutil.copy(root / "sub" / "vol1.nii.gz", root / "zz_copy.nii.gz")
+    assert main([*args, "--resume"]) == 0
+    rows = {r["path"]: r for r in read_report(out)}
+    assert len(rows) == 5
+    assert "identical pixels to sub/vol1.nii.gz" in rows["zz_copy.nii.gz"]["warnings_detail"]
