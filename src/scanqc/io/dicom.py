@@ -156,45 +156,38 @@ def _read_dataset(path: str) -> tuple[Any, bool]:
     return ds, headless
 
 
-def _check_frame_sizes(ds: Any, path: str) -> None:
+def _check_frame_sizes(ds: Any, path: str) -> tuple[bool, int] | None:
     """Refuse compressed frames whose codestream declares more pixels than the header.
 
     The decoder allocates the size in the codestream (:mod:`scanqc.io.codestream`), not
     Rows x Columns: a corrupt JPEG 2000 SIZ can ask for gigabytes and minutes. A frame
     declaring fewer pixels is left to the decoder and the shape check after it.
+
+    Returns:
+        ``(signed, bits)`` that the first frame's JPEG 2000 stream declares, from the same
+        parse (None when the pixels are not JPEG 2000 or the encapsulation is broken).
     """
     try:
         if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            return
+            return None
         from pydicom.encaps import generate_fragmented_frames
 
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
         n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
         frames = generate_fragmented_frames(ds.PixelData, number_of_frames=n_frames)
+        declared = None
         for k, fragments in enumerate(frames):
             size = frame_size(fragments[0]) if fragments else None
             if size is not None and size[0] * size[1] * max(1, size[2]) > rows * cols * samples:
                 raise ScanReadError(
                     path, f"compressed frame {k + 1} declares {size[1]} x {size[0]} pixels "
                     f"({size[2]} components), the header {cols} x {rows} ({samples})")
+            if k == 0 and fragments:
+                declared = j2k_sample_format(fragments[0])
+        return declared
     except ScanReadError:
         raise
-    except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
-        return
-
-
-def _codestream_format(ds: Any) -> tuple[bool, int] | None:
-    """``(signed, bits)`` the first frame's JPEG 2000 stream declares (None: not JPEG 2000)."""
-    try:
-        if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            return None
-        from pydicom.encaps import generate_fragmented_frames
-
-        n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
-        fragments = next(iter(generate_fragmented_frames(ds.PixelData,
-                                                         number_of_frames=n_frames)), None)
-        return j2k_sample_format(fragments[0]) if fragments else None
     except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
         return None
 
@@ -299,12 +292,17 @@ def _native_pixels(ds: Any) -> np.ndarray | None:
     return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
 
 
-def _decode(ds: Any, path: str) -> np.ndarray:
+def _decode(ds: Any, path: str) -> tuple[np.ndarray, tuple[bool, int] | None]:
+    """The pixels, and the sample format a JPEG 2000 stream declares (None otherwise).
+
+    A signed JPEG 2000 stream under a header that says unsigned is read as signed
+    (:func:`_signed_as_stream`).
+    """
     _check_codec(ds, path)
-    _check_frame_sizes(ds, path)
+    declared = _check_frame_sizes(ds, path)
     native = _native_pixels(ds)
     if native is not None:
-        return native
+        return native, None
     try:
         with _quiet():
             arr = ds.pixel_array
@@ -317,7 +315,7 @@ def _decode(ds: Any, path: str) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ScanReadError(path, read_cause(exc)) from None
-    return np.asarray(arr)
+    return _signed_as_stream(np.asarray(arr), ds, declared), declared
 
 
 def _rescale_pairs(ds: Any, n_frames: int) -> list[tuple[float, float]]:
@@ -517,10 +515,9 @@ def _read_slice(path: str, first: DicomHeader) -> _Slice:
     if (h.rows, h.cols, h.samples) != (first.rows, first.cols, first.samples):
         raise ScanReadError(first.path, "slices differ in size (Rows/Columns): not one volume")
     _prepare_dataset(ds, path, warns)
-    declared = _codestream_format(ds)
+    arr, declared = _decode(ds, path)
     if path == first.path:  # one warning per series
         warns += _codestream_warnings(ds, declared)
-    arr = _signed_as_stream(_decode(ds, path), ds, declared)
     frames = h.frames if h.frames_valid else 1
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
