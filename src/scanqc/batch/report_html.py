@@ -25,7 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from scanqc import __version__
-from scanqc.io.privacy import REDACTED
+from scanqc.io.privacy import REDACTED, declares_burned_in_text
 from scanqc.io.scan import file_name_of
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ def thumbnails(row: dict[str, Any], root: str | None, burned_in: bool = False
     entry = ScanEntry(scan_id=str(row.get("scan_id") or ""), paths=paths,
                       kind=row.get("kind") or "image", format=row.get("format") or "")
     scan = load_scan(entry)
-    if not burned_in and str(scan.metadata.get("BurnedInAnnotation") or "").strip().upper(
-            ) == "YES":
+    if not burned_in and declares_burned_in_text(scan.metadata):
         raise BurnedInText
     stack = scan.slices()
     window = robust_window(stack, scan.modality)

@@ -399,3 +399,12 @@ def scrub(d: dict[str, Any], _ids: list[str] | None = None) -> dict[str, Any]:
             continue
         out[key] = _value(key, v)
     return out
+
+
+def declares_burned_in_text(metadata: dict[str, Any] | None) -> bool:
+    """Whether a scan's header says its pixels carry burned-in text (BurnedInAnnotation YES).
+
+    Names, IDs or dates are then part of the image itself, which removing header fields
+    does not de-identify.
+    """
+    return str((metadata or {}).get("BurnedInAnnotation") or "").strip().upper() == "YES"

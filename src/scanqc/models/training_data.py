@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanqc.io.scan import Scan, ScanReadError
+from scanqc.io.scan import Scan, ScanReadError, luminance
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +320,7 @@ def _dicom_pixels(ds) -> np.ndarray:
     arr = ds.pixel_array
     pi = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("SamplesPerPixel", 1)) == 3:
-        arr = arr.astype(np.float32)
-        arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
+        arr = luminance(arr)
     else:
         arr = apply_modality_lut(arr, ds).astype(np.float32)
         if pi == "MONOCHROME1":

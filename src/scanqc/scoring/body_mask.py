@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scanqc.io.intensity import CT_WINDOW, looks_like_hounsfield, normalize, robust_window
-from scanqc.io.scan import Scan
+from scanqc.io.scan import Scan, luminance
 from scanqc.scoring.order_stats import percentile
 
 #: In-plane size (pixels) of the downsampled copy of a volume.
@@ -137,9 +137,7 @@ def downsample(scan: Scan) -> tuple[np.ndarray, np.ndarray, int]:
     data = scan.data
     if scan.rgb:
         step = int(np.ceil(max(data.shape[0], data.shape[1]) / MAX_INPLANE_2D))
-        d = data[::step, ::step].astype(np.float32)
-        g = 0.299 * d[..., 0] + 0.587 * d[..., 1] + 0.114 * d[..., 2]
-        return g[None], np.array([0]), step
+        return luminance(data[::step, ::step])[None], np.array([0]), step
     if data.ndim == 2:
         step = int(np.ceil(max(data.shape) / MAX_INPLANE_2D))
         return data[::step, ::step].astype(np.float32)[None], np.array([0]), step

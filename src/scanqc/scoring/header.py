@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 
+from scanqc.io.privacy import declares_burned_in_text
 from scanqc.io.scan import Scan, ScanWarning
 from scanqc.scoring.body_mask import CheckData, meta_get, meta_text, prepare
 from scanqc.scoring.order_stats import percentiles
@@ -177,7 +178,7 @@ def check_burned_in(scan: Scan) -> list[ScanWarning]:
     captures): names, IDs or dates may be part of the image itself, which removing header
     fields does not de-identify. scanqc's HTML report shows no thumbnail of such a scan.
     """
-    if str(meta_get(scan, "BurnedInAnnotation", default="") or "").strip().upper() != "YES":
+    if not declares_burned_in_text(scan.metadata):
         return []
     return [ScanWarning("burned_in_text", "the header says the image carries burned-in text "
                         "(BurnedInAnnotation YES): names, IDs or dates may be in the pixels; "
