@@ -189,6 +189,21 @@ def _sample(values: np.ndarray, n: int = 16384) -> np.ndarray:
     return values[:: max(1, values.size // n)]
 
 
+def _stack(raw: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, mask)`` as ``(N, y, x)`` stacks.
+
+    float32 and float64 are kept (the statistics are taken in float64 on the values they
+    use); other dtypes are converted to float64.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype not in (np.float32, np.float64):
+        raw = raw.astype(np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if raw.ndim == 2:
+        raw, mask = raw[None], mask[None]
+    return raw, mask
+
+
 def air_fractions(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """``(air_floor_fraction, air_signal_fraction)`` of a stack (see the module docstring).
 
@@ -211,12 +226,7 @@ def air_fractions(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
         pixels, or when the foreground is not brighter than the air.
     """
     nan = (math.nan, math.nan)
-    raw = np.asarray(raw)
-    if raw.dtype not in (np.float32, np.float64):
-        raw = raw.astype(np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if raw.ndim == 2:
-        raw, mask = raw[None], mask[None]
+    raw, mask = _stack(raw, mask)
     if not mask.any():
         return nan
     in_air = air_mask(mask)
@@ -258,12 +268,7 @@ def ghost_to_signal_ratio(raw: np.ndarray, mask: np.ndarray) -> float:
     Returns:
         The ratio (NaN without a body, or without ghost band or background pixels).
     """
-    raw = np.asarray(raw)
-    if raw.dtype not in (np.float32, np.float64):
-        raw = raw.astype(np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if raw.ndim == 2:
-        raw, mask = raw[None], mask[None]
+    raw, mask = _stack(raw, mask)
     if not mask.any():
         return math.nan
     signal = median(raw[mask])  # interpolated in float64
