@@ -344,3 +344,38 @@ def test_a_lone_scan_without_references_is_flagged_by_its_checks_only(tmp_path):
     assert "constant_image" in row["warnings"]
     (row,) = score_all([tmp_path / "ok.png"], config=config())
     assert row["status"] == "ok" and row["flagged"] is False and row["bad_score"] is None
+
+
+def test_scans_unlike_every_reference_are_named(tmp_path):
+    """The engine compares each scan's acquisition with the references' (acquisition.py)."""
+    import nibabel as nib
+
+    from batch import write_png
+
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, corrupt=False)
+    rng = np.random.default_rng(5)
+    vol = (400 + 50 * rng.standard_normal((32, 32, 10))).clip(0).astype(np.int16)
+    # 3 mm pixels, 6 mm slices: an EPI among 1 mm structurals
+    nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 6.0, 1.0])), root / "coarse.nii.gz")
+    # the same grid stored with the slice axis left-right: sagittal slices
+    sag = np.array([[0, 0, 2.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(vol, sag), root / "sagittal.nii.gz")
+    write_png(root / "photo.png", 1)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(3)]
+    rows = {r["path"]: r for r in score_all([root], references=refs, config=config())}
+
+    def codes(path):
+        return set(filter(None, rows[path]["warnings"].split(";")))
+
+    unlike = {"modality_unlike_references", "dimension_unlike_references",
+              "plane_unlike_references", "resolution_unlike_references"}
+    assert "resolution_unlike_references" in codes("coarse.nii.gz")
+    assert "3 mm pixels, the references 1 mm" in rows["coarse.nii.gz"]["warnings_detail"]
+    assert codes("sagittal.nii.gz") & unlike == {"plane_unlike_references"}
+    assert "dimension_unlike_references" in codes("photo.png")
+    for i in range(4):  # the references and a scan like them: nothing
+        assert not codes(f"sub/vol{i}.nii.gz") & unlike
+    assert rows["coarse.nii.gz"]["max_severity"] in ("warn", "high")
+    # without references there is nothing to be unlike
+    knn = {r["path"]: r for r in score_all([root], config=config())}
+    assert not any(set(r["warnings"].split(";")) & unlike for r in knn.values())

@@ -115,3 +115,47 @@ def test_burned_in_annotation_is_a_warning_only_when_the_header_says_yes():
     assert check_burned_in(us("NO")) == [] and check_burned_in(us(None)) == []
     codes = {w.code for w in run_checks(us("YES"))}
     assert "burned_in_text" in codes  # also when the pixels are constant
+
+
+def brain(shape, spacing, **header_fields):
+    vol = np.zeros(shape, np.int16)
+    vol[tuple(slice(n // 4, 3 * n // 4) for n in shape)] = 500
+    return Scan(vol, spacing, np.eye(4), "volume", modality="MR",
+                metadata={"format": "nifti", "header": dict(header_fields)})
+
+
+@pytest.mark.parametrize("code,name", [(4, "MNI152"), (3, "Talairach"), (5, "a template")])
+def test_template_space_from_the_transform_code(code, name):
+    ws = header.check_template_space(brain((40, 48, 40), (1.3, 1.3, 1.3), sform_code=code))
+    assert codes(ws) == {"template_space"} and ws[0].severity == "warn"
+    assert f"{name}, sform_code {code}" in ws[0].message
+    qform = header.check_template_space(brain((40, 48, 40), (1.3,) * 3, sform_code=2,
+                                              qform_code=code))
+    assert f"qform_code {code}" in qform[0].message
+
+
+@pytest.mark.parametrize("shape,size", [((91, 109, 91), 2.0), ((79, 95, 79), 2.0),
+                                        ((193, 229, 193), 1.0)])
+def test_template_space_from_the_grid(shape, size):
+    # the reader reorders axes: any order of the template's voxel counts is the template
+    ws = header.check_template_space(brain(shape[::-1], (size,) * 3, sform_code=2))
+    assert codes(ws) == {"template_space"}
+    assert "x".join(map(str, shape)) in ws[0].message
+
+
+@pytest.mark.parametrize("shape,spacing", [
+    ((91, 109, 91), (2.0, 2.0, 2.4)),     # the grid, but anisotropic voxels
+    ((91, 109, 91), (1.0, 1.0, 1.0)),     # the grid's counts at another voxel size
+    ((90, 109, 91), (2.0, 2.0, 2.0)),     # one voxel off
+    ((176, 256, 256), (1.0, 1.0, 1.0)),   # a native 1 mm T1
+])
+def test_native_grids_are_not_template_space(shape, spacing):
+    assert header.check_template_space(brain(shape, spacing, sform_code=1)) == []
+
+
+def test_template_space_is_for_volumes_only_and_reaches_run_checks():
+    img = Scan(np.ones((91, 109), np.float32), (2.0, 2.0), np.eye(4), "image")
+    assert header.template_space(img) == ""
+    ws = run_checks(brain((91, 109, 91), (2.0,) * 3, sform_code=4))
+    assert "template_space" in codes(ws)
+    assert "template_space" not in codes(run_checks(brain((60, 64, 64), (1.0,) * 3)))

@@ -132,6 +132,7 @@ class _Run:
         self.refset: Any = None
         self.refset_id = KNN_REFERENCE_ID
         self._ref_results: dict[str, tuple[ScanEntry, dict[str, Any]]] = {}
+        self._ref_profiles: list[Any] = []  # AcquisitionProfile of each reference
         self._held: list[tuple[dict[str, Any], np.ndarray, list, str | None]] = []
         from scanqc.scoring.duplicates import DuplicateIndex
 
@@ -263,6 +264,10 @@ class _Run:
             log.warning(note)
         if self.config.finetune and self.embedder.reference_model is None:
             self._finetune([res for _e, res in good])
+        from scanqc.scoring.acquisition import AcquisitionProfile
+
+        self._ref_profiles = [AcquisitionProfile.from_dict(res.get("profile"))
+                              for _e, res in good]
         vectors, slice_vecs, ids, contents = [], [], [], []
         for entry, res in good:
             sv = self.embedder.embed(res["slices"])
@@ -307,6 +312,9 @@ class _Run:
         out = []
         splits = np.split(emb, np.cumsum(counts)[:-1])
         vectors = np.stack([pool_slices(s) for s in splits])
+        if self.refset is not None:
+            for _entry, res in items:
+                self._unlike_references(res)
         regions = self._regions(items, np.split(base, np.cumsum(counts)[:-1]))
         if self.refset is not None:
             from scanqc.scoring.reference import score_against_references, slice_scores
@@ -334,6 +342,24 @@ class _Run:
                                    res.get("content")))
                 self._cache_put(row, res.get("content"), vec)
         return out
+
+    def _unlike_references(self, res: dict[str, Any]) -> None:
+        """Add the warnings of what makes this scan unlike every reference (once)."""
+        from scanqc.batch.pipeline import warnings_columns
+        from scanqc.scoring.acquisition import AcquisitionProfile, unlike_references
+
+        if res.get("_compared") or not self._ref_profiles:
+            return
+        res["_compared"] = True
+        found = unlike_references(AcquisitionProfile.from_dict(res.get("profile")),
+                                  self._ref_profiles)
+        had = {w.code for w in res["warnings"]}
+        found = [w for w in found if w.code not in had]  # e.g. short_coverage of the worker
+        if found:
+            res["warnings"] = [*res["warnings"], *found]
+            row = res["row"] = dict(res["row"])
+            row["warnings"], row["warnings_detail"], row["max_severity"] = \
+                warnings_columns(res["warnings"])
 
     def _regions(self, items: list[tuple[ScanEntry, dict[str, Any]]],
                  base: list[np.ndarray]) -> dict[int, dict[str, Any]]:

@@ -192,7 +192,9 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"row": partial row, "slices": float32 (N, S, S) or None, "slice_index": (N,),
-        "warnings": [ScanWarning], "content": str or None, "seconds": float}``. On failure
+        "warnings": [ScanWarning], "profile": the scan's acquisition profile (a dict of
+        :class:`scanqc.scoring.acquisition.AcquisitionProfile`), "content": str or None,
+        "seconds": float}``. On failure
         the row has status ``error`` and ``slices`` is None.
     """
     t0 = time.perf_counter()
@@ -236,9 +238,11 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         )
         if len(slices) == 0:
             raise ScanReadError(entry.path, "no slices to score")
+        from scanqc.scoring.acquisition import acquisition_profile
         from scanqc.scoring.region import region_header
 
         result.update(
+            profile=acquisition_profile(scan).to_dict(),  # compared with the references
             slices=np.ascontiguousarray(slices, dtype=np.float32),
             slice_index=np.asarray(idx, dtype=np.int64),
             warnings=warnings,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from scanqc.io.scan import SEVERITIES, Scan, ScanWarning
-from scanqc.scoring import fov, header, label_map, quality
+from scanqc.scoring import fov, header, label_map, metal, quality
 from scanqc.scoring.body_mask import CheckData, prepare
 
 
@@ -55,6 +55,7 @@ CHECKS: dict[str, CheckFn] = {
     "modality_mismatch": lambda s, d, c: header.check_modality_mismatch(s, d),
     "implausible_spacing": lambda s, d, c: header.check_spacing(s),
     "burned_in_text": lambda s, d, c: header.check_burned_in(s),
+    "template_space": lambda s, d, c: header.check_template_space(s),
     "localizer": lambda s, d, c: fov.check_localizer(s),
     "fov_cut": lambda s, d, c: fov.check_fov_cut(s, d),
     "short_coverage": lambda s, d, c: fov.check_short_coverage(
@@ -71,6 +72,7 @@ CHECKS: dict[str, CheckFn] = {
     "air_artifacts": lambda s, d, c: quality.check_air_artifacts(s, d),
     "derived_map": lambda s, d, c: quality.check_derived_map(s, d),
     "label_map": lambda s, d, c: label_map.check_label_map(s, d),
+    "metal_artifact": lambda s, d, c: metal.check_metal(s, d),
     "region_header_mismatch": lambda s, d, c: header.region_header_mismatch(
         s, c.predicted_region or "", float(c.region_confidence or 0.0)),
 }
@@ -79,7 +81,7 @@ CHECKS: dict[str, CheckFn] = {
 _CONTENT_CHECKS = {"noise_only", "fov_cut", "short_coverage", "truncated_coverage",
                    "brightness", "low_information", "blurry", "clipped", "inverted",
                    "air_artifacts", "modality_mismatch", "blank_slices", "derived_map",
-                   "label_map"}
+                   "label_map", "metal_artifact"}
 
 
 def _failed(name: str, exc: BaseException) -> ScanWarning:

@@ -173,6 +173,19 @@ def check_truncated_coverage(scan: Scan, data: CheckData | None = None) -> list[
     return out
 
 
+def short_against_references(extent_mm: float, reference_extents_mm: Sequence[float],
+                             ) -> ScanWarning | None:
+    """The reference form of ``short_coverage`` (warn), or None.
+
+    ``extent_mm`` below :data:`REFERENCE_EXTENT_FRACTION` of the references' median.
+    """
+    med = float(np.median(reference_extents_mm))
+    if extent_mm < REFERENCE_EXTENT_FRACTION * med:
+        return ScanWarning("short_coverage", f"covers {extent_mm:.0f} mm along the slice axis, "
+                           f"the references {med:.0f} mm", severity="warn", value=extent_mm)
+    return None
+
+
 def check_short_coverage(
     scan: Scan,
     data: CheckData | None = None,
@@ -192,12 +205,8 @@ def check_short_coverage(
         return []
     refs = [float(r) for r in (reference_extents_mm or []) if np.isfinite(r) and r > 0]
     if refs:
-        med = float(np.median(refs))
-        if extent < REFERENCE_EXTENT_FRACTION * med:
-            return [ScanWarning("short_coverage",
-                                f"covers {extent:.0f} mm along the slice axis, references "
-                                f"cover {med:.0f} mm", severity="warn", value=extent)]
-        return []
+        short = short_against_references(extent, refs)
+        return [short] if short is not None else []
     d = _data(scan, data)
     first, last, _ = coverage_ends(d)
     limit = TYPICAL_MIN_EXTENT_MM if typical_min_mm is None else float(typical_min_mm)

@@ -1,4 +1,4 @@
-"""Header-versus-content checks: modality, pixel spacing, body region."""
+"""Header-versus-content checks: modality, pixel spacing, body region, template space."""
 
 from __future__ import annotations
 
@@ -169,6 +169,64 @@ def check_spacing(scan: Scan) -> list[ScanWarning]:
         return [ScanWarning("implausible_spacing", "implausible spacing: " + ", ".join(bad),
                             severity="warn", value=float(min(sp)) if sp else None)]
     return []
+
+
+#: NIfTI ``sform_code``/``qform_code`` values that name a standard space (3 Talairach,
+#: 4 MNI152, 5 another template).
+TEMPLATE_XFORM_CODES = {3: "Talairach", 4: "MNI152", 5: "a template"}
+#: Grids (voxels along the three axes, isotropic voxel size in mm) of the common standard
+#: spaces: FSL's MNI152 (0.5, 1, 2 mm), SPM's bounding boxes (1, 1.5, 2, 3 mm),
+#: MNI152NLin2009c (1, 2 mm), ICBM 2009a/b, Colin27/Talairach (1 mm).
+TEMPLATE_GRIDS: tuple[tuple[tuple[int, int, int], float, str], ...] = (
+    ((182, 218, 182), 1.0, "MNI152 (FSL)"), ((91, 109, 91), 2.0, "MNI152 (FSL)"),
+    ((364, 436, 364), 0.5, "MNI152 (FSL)"),
+    ((157, 189, 156), 1.0, "MNI (SPM)"), ((121, 145, 121), 1.5, "MNI (SPM)"),
+    ((79, 95, 79), 2.0, "MNI (SPM)"), ((53, 63, 52), 3.0, "MNI (SPM)"),
+    ((193, 229, 193), 1.0, "MNI152NLin2009c"), ((97, 115, 97), 2.0, "MNI152NLin2009c"),
+    ((197, 233, 189), 1.0, "ICBM 2009"), ((181, 217, 181), 1.0, "Colin27/Talairach"),
+)
+
+
+def template_space(scan: Scan) -> str:
+    """The standard space a volume is stored in ("" for a native acquisition).
+
+    From the NIfTI transform codes (:data:`TEMPLATE_XFORM_CODES`), else from the grid: a
+    volume whose voxel counts and isotropic voxel size are those of a standard template
+    (:data:`TEMPLATE_GRIDS`, in any axis order, voxel size within 1 %).
+    """
+    if not scan.is_volume:
+        return ""
+    for key in ("sform_code", "qform_code"):
+        try:
+            code = int(meta_get(scan, key, default=0) or 0)
+        except (TypeError, ValueError):
+            code = 0
+        if code in TEMPLATE_XFORM_CODES:
+            return f"{TEMPLATE_XFORM_CODES[code]}, {key} {code}"
+    sp = [float(s) for s in (scan.spacing or ())]
+    if len(sp) != 3 or not all(np.isfinite(sp)) or max(sp) > 1.01 * min(sp):
+        return ""
+    shape = tuple(sorted(int(n) for n in scan.spatial_shape))
+    for grid, size, name in TEMPLATE_GRIDS:
+        if shape == tuple(sorted(grid)) and abs(sp[0] - size) <= 0.01 * size:
+            dims = "x".join(str(n) for n in grid)
+            return f"{name}, {dims} voxels of {size:g} mm"
+    return ""
+
+
+def check_template_space(scan: Scan) -> list[ScanWarning]:
+    """``template_space`` (warn): a template or a spatially normalised derivative.
+
+    A volume in a standard space (:func:`template_space`) is an atlas template or an
+    image registered to one (statistics, VBM, group averages), not an acquisition: its
+    anatomy is a population's or has been resampled, and its header no longer describes
+    a scanner's grid.
+    """
+    space = template_space(scan)
+    if not space:
+        return []
+    return [ScanWarning("template_space", f"stored in a standard space ({space}): a template "
+                        "or a registered derivative, not an acquisition", severity="warn")]
 
 
 def check_burned_in(scan: Scan) -> list[ScanWarning]:
