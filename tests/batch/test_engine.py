@@ -376,6 +376,18 @@ def test_scans_unlike_every_reference_are_named(tmp_path):
     for i in range(4):  # the references and a scan like them: nothing
         assert not codes(f"sub/vol{i}.nii.gz") & unlike
     assert rows["coarse.nii.gz"]["max_severity"] in ("warn", "high")
+    # the Score dock's path (a reference context scoring one scan) names the same reasons
+    from scanqc.batch.engine import build_reference_context
+    from scanqc.io.discover import discover
+
+    entries = list(discover([root], root=root))
+    ctx = build_reference_context(refs, entries, config(root=str(root)))
+    try:
+        coarse = [e for e in entries if e.path.endswith("coarse.nii.gz")]
+        one = ctx.score_entries(coarse)[0]
+        assert one["warnings_detail"] == rows["coarse.nii.gz"]["warnings_detail"]
+    finally:
+        ctx.close()
     # without references there is nothing to be unlike
     knn = {r["path"]: r for r in score_all([root], config=config())}
     assert not any(set(r["warnings"].split(";")) & unlike for r in knn.values())

@@ -44,6 +44,9 @@ def test_profile_reads_geometry_modality_and_4d():
     p = prof(volume(n=50, spacing=(3.0, 2.0, 2.0), modality="CT", axes="LPI"))
     assert (p.modality, p.dims, p.plane, p.n_volumes) == ("CT", "3d", "axial", 1)
     assert p.inplane_mm == 2.0 and p.slice_mm == 3.0 and p.extent_mm == 150.0
+    # a sagittal NIfTI is stored head-foot on axis 0: its 3 mm slices lie on another axis
+    sag = prof(volume(n=50, spacing=(1.0, 1.0, 3.0), axes="ASL"))
+    assert sag.inplane_mm == 1.0 and sag.slice_mm == 3.0 and sag.extent_mm == 50.0
     four = prof(volume(warnings=[ScanWarning("4d_first_volume", "4D", "info", value=10.0)]))
     assert four.n_volumes == 10
     assert prof(volume(axes="ASL")).plane == "sagittal"
@@ -73,8 +76,8 @@ def test_coarse_epi_is_unlike_structural_references():
     epi = prof(volume(n=30, spacing=(3.6, 3.25, 3.25)))  # 108 mm against ~166 mm
     ws = unlike_references(epi, REFS)
     assert codes(ws) == ["resolution_unlike_references", "short_coverage"]
-    assert "3.25 mm pixels, the references 0.9-1.05 mm" in ws[0].message
-    assert "3.6 mm slices, the references 1 mm" in ws[0].message
+    assert "3.25 mm pixels, the references 0.9-1.02 mm" in ws[0].message
+    assert "3.6 mm slices, the references 1-1.05 mm" in ws[0].message
     # within the factor: 1.5 mm pixels against 0.9-1.05 mm references are alike
     assert unlike_references(prof(volume(n=160, spacing=(1.0, 1.5, 1.5))), REFS) == []
 

@@ -22,9 +22,11 @@ code                            rule
                                 every reference is 2D, a 4D series when none is
 ``plane_unlike_references``     a volume whose acquisition plane (axial, coronal, sagittal)
                                 is none of the reference volumes' planes
-``resolution_unlike_references`` in-plane pixel size (geometric mean) outside the
-                                references' range by more than :data:`INPLANE_FACTOR`, or
-                                slice spacing outside it by more than :data:`SLICE_FACTOR`
+``resolution_unlike_references`` in-plane pixel size (geometric mean; of a volume: of its
+                                two smallest voxel sides) outside the references' range by
+                                more than :data:`INPLANE_FACTOR`, or slice spacing (a
+                                volume's largest voxel side) by more than
+                                :data:`SLICE_FACTOR`
 ``short_coverage``              extent along the slice axis below
                                 :data:`~scanqc.scoring.fov.REFERENCE_EXTENT_FRACTION` of
                                 the references' median (the reference form of the check)
@@ -67,9 +69,11 @@ class AcquisitionProfile:
         dims: ``"2d"`` or ``"3d"``.
         n_volumes: Volumes in the file (> 1 for a 4D series, of which one is scored).
         plane: ``axial``, ``coronal``, ``sagittal``, ``oblique`` or "".
-        inplane_mm: Geometric mean of the in-plane pixel sizes.
-        slice_mm: Slice spacing of a volume.
-        extent_mm: Extent along the slice axis of a volume (slices x spacing).
+        inplane_mm: Geometric mean of the in-plane pixel sizes (of a volume: of its two
+            smallest voxel sides).
+        slice_mm: Slice spacing of a volume (its largest voxel side).
+        extent_mm: Extent of a volume along data axis 0 (slices x spacing; head-foot for
+            NIfTI, the slice normal for DICOM series), as ``short_coverage`` measures it.
     """
 
     modality: str = ""
@@ -122,11 +126,15 @@ def acquisition_profile(scan: Scan) -> AcquisitionProfile:
     sp = [float(s) for s in (scan.spacing or ())]
     known = bool(sp) and not (codes & NO_SPACING_CODES)
     inplane = slice_mm = extent = math.nan
-    if known and len(sp) >= 2:
-        inplane = _num(math.sqrt(abs(sp[-1] * sp[-2])))
     if known and scan.is_volume and len(sp) == 3:
-        slice_mm = _num(sp[0])
+        # by size, not by axis: a NIfTI volume is stored head-foot on axis 0 whatever its
+        # acquisition plane, so its slice thickness can lie on any axis
+        fine = sorted(abs(s) for s in sp)
+        inplane = _num(math.sqrt(fine[0] * fine[1]))
+        slice_mm = _num(fine[2])
         extent = _num(scan.spatial_shape[0] * sp[0])
+    elif known and len(sp) >= 2:
+        inplane = _num(math.sqrt(abs(sp[-1] * sp[-2])))
     try:
         plane = acquisition_plane(scan) if scan.is_volume else ""
     except (ValueError, TypeError):
