@@ -391,3 +391,30 @@ def test_scans_unlike_every_reference_are_named(tmp_path):
     # without references there is nothing to be unlike
     knn = {r["path"]: r for r in score_all([root], config=config())}
     assert not any(set(r["warnings"].split(";")) & unlike for r in knn.values())
+
+
+def test_without_references_scans_unlike_the_dataset_are_named(tmp_path):
+    """kNN runs compare each scan with the dataset's typical acquisition, resume included."""
+    import nibabel as nib
+
+    root = make_dataset(tmp_path / "ds", n_vol=22, n_img=0, corrupt=False)
+    rng = np.random.default_rng(7)
+    vol = (400 + 50 * rng.standard_normal((32, 32, 10))).clip(0).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 6.0, 1.0])), root / "coarse.nii.gz")
+    four = np.repeat(vol[..., None], 5, axis=3)
+    nib.save(nib.Nifti1Image(four, np.diag([1.0, 1.0, 2.0, 1.0])), root / "series4d.nii.gz")
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    rows = {r["path"]: r for r in score_all([root], config=config(), cache=cache)}
+    assert "resolution_unlike_dataset" in rows["coarse.nii.gz"]["warnings"]
+    assert "most scans 1 mm" in rows["coarse.nii.gz"]["warnings_detail"]
+    assert "dimension_unlike_dataset" in rows["series4d.nii.gz"]["warnings"]
+    typical = [r for p, r in rows.items() if p.startswith("sub/")]
+    assert len(typical) == 22 and not any("_unlike_" in r["warnings"] for r in typical)
+    # a resumed run recomputes them from the cached profiles: same warnings, no repeats
+    again = {r["path"]: r for r in score_all([root], config=config(resume=True), cache=cache)}
+    for path in ("coarse.nii.gz", "series4d.nii.gz"):
+        assert again[path]["_cached"] and again[path]["warnings"] == rows[path]["warnings"]
+    # too few scans for a typical acquisition: nothing is named
+    small = make_dataset(tmp_path / "small", n_vol=4, n_img=0, corrupt=False)
+    nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 6.0, 1.0])), small / "coarse.nii.gz")
+    assert not any("_unlike_" in r["warnings"] for r in score_all([small], config=config()))

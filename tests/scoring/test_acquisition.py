@@ -90,6 +90,9 @@ def test_other_plane_modality_dimension_and_4d():
     assert codes(ws) == ["modality_unlike_references"] and "the references are MR" in ws[0].message
     two_d = prof(image(spacing=(1.0, 1.0), modality="MR"))
     assert codes(unlike_references(two_d, REFS)) == ["dimension_unlike_references"]
+    # a radiograph's 0.15 mm pixels are not compared with the volumes' voxels
+    fine_2d = prof(image(spacing=(0.15, 0.15), modality="MR"))
+    assert codes(unlike_references(fine_2d, REFS)) == ["dimension_unlike_references"]
     four = prof(volume(n=160, warnings=[ScanWarning("4d_first_volume", "", "info", value=8.0)]))
     ws = unlike_references(four, REFS)
     assert codes(ws) == ["dimension_unlike_references"] and "4D series of 8" in ws[0].message
@@ -120,3 +123,40 @@ def test_radiographs_compare_pixel_size_only():
     thumb = unlike_references(prof(image(spacing=(0.7, 0.7))), refs)
     assert codes(thumb) == ["resolution_unlike_references"]
     assert "slices" not in thumb[0].message
+
+
+def test_typical_profiles_keep_the_majority_and_drop_size_outliers():
+    from scanqc.scoring.acquisition import MIN_DATASET, typical_profiles
+
+    mr = [prof(volume(n=150, spacing=(1.0, 0.9 + 0.01 * i, 0.9 + 0.01 * i)))
+          for i in range(30)]
+    odd = [prof(volume(n=150, modality="CT")), prof(volume(n=30, spacing=(3.6, 3.25, 3.25)))]
+    typical = typical_profiles([*mr, *odd, None])
+    assert {p.modality for p in typical} == {"MR"}
+    assert max(p.inplane_mm for p in typical) < 1.3  # the EPI is not typical
+    assert typical_profiles(mr[: MIN_DATASET - 1]) == []  # too small a dataset
+    # no modality holds 90 %: nothing is filtered by modality
+    mixed = [*mr[:20], *[prof(volume(n=150, modality="CT")) for _ in range(5)]]
+    assert {p.modality for p in typical_profiles(mixed)} == {"MR", "CT"}
+
+
+def test_unlike_dataset_names_the_odd_scans_of_a_homogeneous_dataset():
+    from scanqc.scoring.acquisition import typical_profiles, unlike_dataset
+
+    mr = [prof(volume(n=150, spacing=(1.0, 0.9 + 0.01 * i, 0.9 + 0.01 * i)))
+          for i in range(30)]
+    epi = prof(volume(n=30, spacing=(3.6, 3.25, 3.25)))
+    ct = prof(volume(n=150, modality="CT"))
+    four = prof(volume(n=150, warnings=[ScanWarning("4d_first_volume", "", "info", value=6.0)]))
+    typical = typical_profiles([*mr, epi, ct, four])
+    assert codes(unlike_dataset(epi, typical)) == ["resolution_unlike_dataset"]
+    assert unlike_dataset(epi, typical)[0].severity == "info"  # a majority, not the user
+    assert unlike_references(epi, mr)[0].severity == "warn"
+    msg = unlike_dataset(epi, typical)[0].message
+    assert msg.startswith("3.25 mm pixels, most scans 0.9")
+    assert "3.6 mm slices, most scans 1-" in msg
+    assert codes(unlike_dataset(ct, typical)) == ["modality_unlike_dataset"]
+    assert codes(unlike_dataset(four, typical)) == ["dimension_unlike_dataset"]
+    assert all(unlike_dataset(p, typical) == [] for p in mr)
+    # a short but otherwise typical scan: coverage is not compared against a dataset
+    assert unlike_dataset(prof(volume(n=40)), typical) == []

@@ -266,7 +266,7 @@ class _Run:
             self._finetune([res for _e, res in good])
         from scanqc.scoring.acquisition import AcquisitionProfile
 
-        self._ref_profiles = [AcquisitionProfile.from_dict(res.get("profile"))
+        self._ref_profiles = [AcquisitionProfile.from_dict(res["row"].get("acquisition"))
                               for _e, res in good]
         vectors, slice_vecs, ids, contents = [], [], [], []
         for entry, res in good:
@@ -351,7 +351,7 @@ class _Run:
         if res.get("_compared") or not self._ref_profiles:
             return
         res["_compared"] = True
-        found = unlike_references(AcquisitionProfile.from_dict(res.get("profile")),
+        found = unlike_references(AcquisitionProfile.from_dict(res["row"].get("acquisition")),
                                   self._ref_profiles)
         had = {w.code for w in res["warnings"]}
         found = [w for w in found if w.code not in had]  # e.g. short_coverage of the worker
@@ -392,12 +392,40 @@ class _Run:
             out[id(res)] = cols
         return out
 
+    def _unlike_dataset(self, held: list[tuple[dict[str, Any], Any, list, Any]]) -> None:
+        """Name the scans unlike the dataset's typical scans (runs without references).
+
+        Recomputed over every held row, cached ones included: a resumed run replaces the
+        ``*_unlike_dataset`` warnings its cache holds.
+        """
+        from scanqc.batch.pipeline import warnings_columns
+        from scanqc.scoring.acquisition import (
+            AcquisitionProfile,
+            typical_profiles,
+            unlike_dataset,
+        )
+        from scanqc.scoring.checks import warnings_from_columns
+
+        profiles = [AcquisitionProfile.from_dict(row.get("acquisition")) for row, *_ in held]
+        typical = typical_profiles(profiles)
+        for (row, *_rest), profile in zip(held, profiles, strict=True):
+            found = unlike_dataset(profile, typical) if typical else []
+            text = row.get("warnings") or ""
+            if not found and "_unlike_dataset" not in text:
+                continue
+            had = warnings_from_columns(text, row.get("warnings_detail") or "",
+                                        row.get("max_severity") or "info")
+            kept = [w for w in had if not w.code.endswith("_unlike_dataset")]
+            row["warnings"], row["warnings_detail"], row["max_severity"] = \
+                warnings_columns([*kept, *found])
+
     def fallback_rows(self) -> list[dict[str, Any]]:
         """Second pass of the no-reference mode: kNN outlier scores for held rows."""
         from scanqc.scoring.outlier import knn_outlier_scores
         from scanqc.scoring.reference import combine_with_warnings
 
         held, self._held = self._held, []
+        self._unlike_dataset(held)
         if len(held) < 2:  # nothing to compare with: flagged only by a counting warning
             for row, _vec, warns, _content in held:
                 bad, forced = combine_with_warnings(0.0, warns)

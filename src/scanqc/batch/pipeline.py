@@ -192,9 +192,9 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"row": partial row, "slices": float32 (N, S, S) or None, "slice_index": (N,),
-        "warnings": [ScanWarning], "profile": the scan's acquisition profile (a dict of
-        :class:`scanqc.scoring.acquisition.AcquisitionProfile`), "content": str or None,
-        "seconds": float}``. On failure
+        "warnings": [ScanWarning], "content": str or None, "seconds": float}``. The row's
+        ``acquisition`` is the scan's :class:`scanqc.scoring.acquisition.AcquisitionProfile`
+        as a dict. On failure
         the row has status ``error`` and ``slices`` is None.
     """
     t0 = time.perf_counter()
@@ -241,8 +241,10 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         from scanqc.scoring.acquisition import acquisition_profile
         from scanqc.scoring.region import region_header
 
+        # compared with the references or the dataset; a row key that is not a report
+        # column, kept in the resume cache like the fingerprint
+        row["acquisition"] = acquisition_profile(scan).to_dict()
         result.update(
-            profile=acquisition_profile(scan).to_dict(),  # compared with the references
             slices=np.ascontiguousarray(slices, dtype=np.float32),
             slice_index=np.asarray(idx, dtype=np.int64),
             warnings=warnings,

@@ -9,9 +9,11 @@ a reference set that mixes protocols widens what counts as alike.
 
 A scan's :class:`AcquisitionProfile` is a handful of numbers and words read from the
 scan in the worker that reads it (:func:`acquisition_profile`); the engine keeps the
-references' profiles and calls :func:`unlike_references` for every scored scan. All
+references' profiles and calls :func:`unlike_references` for every scored scan. These
 warnings are ``warn``: the scan may be fine for another purpose, but not like the
-references the user chose.
+references the user chose. Runs without references compare each scan with the dataset's
+typical scans instead (:func:`typical_profiles`, :func:`unlike_dataset`): the same rules
+with codes ending in ``_unlike_dataset``, as ``info``, without the coverage rule.
 
 =============================== ============================================================
 code                            rule
@@ -32,8 +34,9 @@ code                            rule
                                 the references' median (the reference form of the check)
 =============================== ============================================================
 
-Sizes are compared only when the scan and at least :data:`MIN_KNOWN` references carry a
-real spacing (a PNG's 1.0 "pixel" spacing is not one).
+Sizes are compared only when the scan and at least :data:`MIN_KNOWN` references of its
+dimension (2D with 2D, volumes with volumes) carry a real spacing (a PNG's 1.0 "pixel"
+spacing is not one).
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scanqc.io.scan import Scan, ScanWarning
+import numpy as np
+
+from scanqc.io.scan import Scan, ScanWarning, Severity
 from scanqc.scoring.fov import acquisition_plane, short_against_references
 
 #: Pixel size outside [smallest reference / F, largest reference x F] is unlike.
@@ -56,6 +61,11 @@ MIN_KNOWN = 2
 NO_SPACING_CODES = frozenset({"no_spacing", "missing_spacing"})
 #: Modalities of projection radiography, compared as one.
 RADIOGRAPHY = frozenset({"CR", "DX", "DR", "RG", "XR"})
+#: Share of a dataset's scans (where known) that makes a value typical (runs without
+#: references, :func:`typical_profiles`).
+DATASET_MAJORITY = 0.9
+#: Fewest scans (with a known value) for a dataset comparison.
+MIN_DATASET = 20
 #: Modalities that say nothing about the acquisition.
 UNKNOWN_MODALITIES = frozenset({"", "OT", "SC"})
 
@@ -172,47 +182,110 @@ def unlike_references(
     Returns:
         ``warn`` warnings, in the order of the table in the module docstring.
     """
+    return _unlike(profile, references, "references", "the references", "warn", coverage=True)
+
+
+def unlike_dataset(
+    profile: AcquisitionProfile | None, typical: Sequence[AcquisitionProfile | None],
+) -> list[ScanWarning]:
+    """The rules of :func:`unlike_references` against the dataset's typical scans.
+
+    For runs without references: ``typical`` is :func:`typical_profiles` of the whole
+    dataset. The codes end in ``_unlike_dataset`` and are ``info``: a majority is not the
+    user's statement of what is right (a few CTs among radiographs may be wanted);
+    coverage is not compared (datasets mix body regions more than reference sets do).
+    """
+    return _unlike(profile, typical, "dataset", "most scans", "info", coverage=False)
+
+
+def typical_profiles(profiles: Sequence[AcquisitionProfile | None]) -> list[AcquisitionProfile]:
+    """The dataset's typical scans: those sharing what at least 90 % of it shares.
+
+    Of at least :data:`MIN_DATASET` profiles, keeps those with the modality group, the
+    dimension, the single-volume form and the volume plane that each hold at least
+    :data:`DATASET_MAJORITY` of the scans where known (a property without such a majority
+    filters nothing), then drops the sizes outside the 5th-95th percentile, so that a few
+    odd scans do not widen the typical range. Empty when the dataset is too small.
+    """
+    subset = [p for p in profiles if p is not None]
+    if len(subset) < MIN_DATASET:
+        return []
+
+    def majority(values: list[str]) -> str | None:
+        known = [v for v in values if v]
+        if len(known) < MIN_DATASET:
+            return None
+        top = max(set(known), key=known.count)
+        return top if known.count(top) >= DATASET_MAJORITY * len(known) else None
+
+    mod = majority([p.modality for p in subset])
+    if mod is not None:
+        subset = [p for p in subset if p.modality == mod]
+    dims = majority([p.dims for p in subset])
+    if dims is not None:
+        subset = [p for p in subset if p.dims == dims]
+    single = majority(["1" if p.n_volumes <= 1 else "4d" for p in subset])
+    if single == "1":
+        subset = [p for p in subset if p.n_volumes <= 1]
+    plane = majority([p.plane for p in subset if p.dims == "3d"])
+    if plane is not None:
+        subset = [p for p in subset if p.dims != "3d" or p.plane == plane]
+    for key in ("inplane_mm", "slice_mm"):
+        known = np.array([getattr(p, key) for p in subset if math.isfinite(getattr(p, key))])
+        if known.size >= MIN_DATASET:
+            lo, hi = np.percentile(known, [5, 95])
+            subset = [p for p in subset
+                      if not math.isfinite(getattr(p, key)) or lo <= getattr(p, key) <= hi]
+    return subset
+
+
+def _unlike(
+    profile: AcquisitionProfile | None, references: Sequence[AcquisitionProfile | None],
+    suffix: str, noun: str, severity: Severity, coverage: bool,
+) -> list[ScanWarning]:
     refs = [r for r in references if r is not None]
     if profile is None or not refs:
         return []
     out: list[ScanWarning] = []
     mods = {r.modality for r in refs}
     if profile.modality and "" not in mods and profile.modality not in mods:
-        out.append(ScanWarning("modality_unlike_references",
-                               f"modality {profile.modality}, the references are "
-                               f"{'/'.join(sorted(mods))}", severity="warn"))
+        out.append(ScanWarning(f"modality_unlike_{suffix}",
+                               f"modality {profile.modality}, {noun} are "
+                               f"{'/'.join(sorted(mods))}", severity=severity))
     dims = {r.dims for r in refs}
     if profile.dims not in dims:
         what = "a 2D image" if profile.dims == "2d" else "a volume"
         other = "volumes" if profile.dims == "2d" else "2D images"
-        out.append(ScanWarning("dimension_unlike_references",
-                               f"{what}, the references are {other}", severity="warn"))
+        out.append(ScanWarning(f"dimension_unlike_{suffix}",
+                               f"{what}, {noun} are {other}", severity=severity))
     elif profile.n_volumes > 1 and all(r.n_volumes <= 1 for r in refs):
-        out.append(ScanWarning("dimension_unlike_references",
+        out.append(ScanWarning(f"dimension_unlike_{suffix}",
                                f"a 4D series of {profile.n_volumes} volumes (volume 0 is "
-                               "scored), the references are single volumes", severity="warn",
+                               f"scored), {noun} are single volumes", severity=severity,
                                value=float(profile.n_volumes)))
     planes = {r.plane for r in refs if r.dims == "3d" and r.plane}
     named = {"axial", "coronal", "sagittal"}
     if (profile.dims == "3d" and profile.plane in named and planes and planes <= named
             and profile.plane not in planes
             and sum(r.dims == "3d" and bool(r.plane) for r in refs) >= MIN_KNOWN):
-        out.append(ScanWarning("plane_unlike_references",
-                               f"{profile.plane} slices, the references are "
-                               f"{'/'.join(sorted(planes))}", severity="warn",
+        out.append(ScanWarning(f"plane_unlike_{suffix}",
+                               f"{profile.plane} slices, {noun} are "
+                               f"{'/'.join(sorted(planes))}", severity=severity,
                                region=profile.plane))
-    inplane = _range([r.inplane_mm for r in refs])
-    slices = _range([r.slice_mm for r in refs if r.dims == "3d"])
+    alike = [r for r in refs if r.dims == profile.dims]  # sizes: 2D with 2D, 3D with 3D
+    inplane = _range([r.inplane_mm for r in alike])
+    slices = _range([r.slice_mm for r in alike])
     parts = []
     if _outside(profile.inplane_mm, inplane, INPLANE_FACTOR):
-        parts.append(f"{profile.inplane_mm:.3g} mm pixels, the references {_mm(inplane)}")
+        parts.append(f"{profile.inplane_mm:.3g} mm pixels, {noun} {_mm(inplane)}")
     if profile.dims == "3d" and _outside(profile.slice_mm, slices, SLICE_FACTOR):
-        parts.append(f"{profile.slice_mm:.3g} mm slices, the references {_mm(slices)}")
+        parts.append(f"{profile.slice_mm:.3g} mm slices, {noun} {_mm(slices)}")
     if parts:
-        out.append(ScanWarning("resolution_unlike_references", "; ".join(parts),
-                               severity="warn", value=profile.inplane_mm))
+        out.append(ScanWarning(f"resolution_unlike_{suffix}", "; ".join(parts),
+                               severity=severity, value=profile.inplane_mm))
     extents = [r.extent_mm for r in refs if r.dims == "3d" and math.isfinite(r.extent_mm)]
-    if profile.dims == "3d" and math.isfinite(profile.extent_mm) and len(extents) >= MIN_KNOWN:
+    if (coverage and profile.dims == "3d" and math.isfinite(profile.extent_mm)
+            and len(extents) >= MIN_KNOWN):
         short = short_against_references(profile.extent_mm, extents)
         out += [short] if short is not None else []
     return out
