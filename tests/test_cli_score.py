@@ -350,6 +350,23 @@ def test_few_references_are_called_out(tmp_path, tiny_model, caplog):
     assert rc == 0 and "reference scans:" not in caplog.text
 
 
+def test_scans_unlike_the_references_are_counted(tmp_path, tiny_model, capsys):
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=2, corrupt=False)
+    refs = tmp_path / "vols.txt"
+    refs.write_text("\n".join(f"ds/sub/vol{i}.nii.gz" for i in range(3)) + "\n")
+    out = tmp_path / "r.csv"
+    rc = main(["score", str(root), "--references", str(refs), "--out", str(out),
+               "--workers", "0", "--max-slices", "4", "--no-progress", "--no-cache"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert ("scanqc: 2 scans unlike the references in how they were acquired "
+            "(2 dimension: warnings *_unlike_*)") in err
+    rows = {r["path"]: r for r in read_report(out)}
+    assert "dimension_unlike_references" in rows["img0.png"]["warnings"]
+    assert "a 2D image, the references are volumes" in rows["img1.png"]["warnings_detail"]
+    assert "_unlike_" not in rows["sub/vol3.nii.gz"]["warnings"]
+
+
 def test_copies_in_a_dataset_are_reported_on_the_later_copy(tmp_path, tiny_model, capsys):
     import shutil
 

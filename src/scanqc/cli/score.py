@@ -301,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(not args.no_progress)
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0,
               "exact_duplicate": 0, "near_duplicate": 0}
+    unlike: dict[str, int] = {}  # "resolution" -> scans with resolution_unlike_*
     flagged_paths: dict[str, tuple[str, ...]] = {}
     errors: list[str] = []  # the first few error causes, echoed at the end
     worst: list[tuple[float, str, str]] = []  # (-bad_score, path, warnings) of flagged rows
@@ -316,6 +317,11 @@ def run(args: argparse.Namespace) -> int:
             codes = str(row.get("warnings") or "").split(";")
             counts["exact_duplicate"] += "exact_duplicate" in codes
             counts["near_duplicate"] += "near_duplicate" in codes
+            for code in codes:
+                if "_unlike_" in code:
+                    kind = code.split("_unlike_")[0]
+                    unlike[kind] = unlike.get(kind, 0) + 1
+            counts["unlike"] = counts.get("unlike", 0) + any("_unlike_" in c for c in codes)
             if row.get("flagged"):
                 counts["flagged"] += 1
                 flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
@@ -354,6 +360,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"scanqc: {counts['exact_duplicate']} exact and {counts['near_duplicate']} near "
               "duplicates of an earlier scan (warnings exact_duplicate, near_duplicate: each "
               "names the scan it copies)", file=sys.stderr)
+    if unlike:
+        what = ("the references" if refs is not None
+                else "the dataset's typical scans (info: no references were given)")
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(unlike.items(), key=lambda kv: -kv[1]))
+        print(f"scanqc: {counts['unlike']} scans unlike {what} in how they were acquired "
+              f"({kinds}: warnings *_unlike_*)", file=sys.stderr)
     if counts["redacted"]:
         print(f"scanqc: {counts['redacted']} paths hold the patient's name or an ID from the "
               "DICOM header in a folder or file name: written as [redacted] "
