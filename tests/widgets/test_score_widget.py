@@ -167,6 +167,17 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
     assert viewer.layers[-1] is layers[0]  # drawn above the image
     assert len(engine_calls) == 1
 
+    # a 2D image among volume references: the engine's reason is listed with the worker's
+    img = w.state.entry(ids["img0.png"])
+    show_scan(viewer, load_scan(img))
+    w.details = None
+    w.state.set_current(img.scan_id)
+    qtbot.waitUntil(lambda: w.details is not None and w.details.scan_id == img.scan_id,
+                    timeout=20_000)
+    items = [w.warnings_list.item(i).text() for i in range(w.warnings_list.count())]
+    assert "dimension_unlike_references: a 2D image, the references are volumes" in items
+    assert "no_spacing" in " ".join(items)  # the reader's note is still there
+
 
 def test_cancel_stops_a_run(qtbot, make_napari_viewer, scans, tmp_path) -> None:
     _viewer, w, ids = open_dock(make_napari_viewer, scans, tmp_path)

@@ -189,6 +189,19 @@ def parse_warnings(row: dict[str, Any]) -> list[ScanWarning]:
                                  row.get("max_severity") or "warn")
 
 
+def merged_warnings(located: list[ScanWarning], row: dict[str, Any] | None,
+                    ) -> list[ScanWarning]:
+    """The worker's warnings (with slices and regions) plus those only the row holds.
+
+    The engine adds some warnings after the worker (the region classifier's, duplicates,
+    unlike the references or the dataset); they are in the row's columns only.
+    """
+    if not row:
+        return list(located)
+    have = {w.code for w in located}
+    return [*located, *(w for w in parse_warnings(row) if w.code not in have)]
+
+
 def score_banner(row: dict[str, Any] | None, warnings: list[ScanWarning] | None = None) -> str:
     """The canvas text of a scored scan, e.g. ``"bad_score 0.83 FLAGGED: fov_cut (right)"``."""
     if not row:
@@ -784,7 +797,8 @@ class ScoreWidget(QWidget):
         d = self.details
         if d is None or d.scan_id != self.state.current:
             return
-        shown = [w for w in d.warnings if w.severity in ("warn", "high")]
+        shown = [w for w in merged_warnings(d.warnings, self.rows.get(d.scan_id))
+                 if w.severity in ("warn", "high")]
         layer = self._image_layer(d.scan_id)
         shape = d.shape
         if layer is not None:
@@ -807,7 +821,7 @@ class ScoreWidget(QWidget):
         if entry is None:
             self.current_label.setText("no scan")
             return
-        warnings = self.details.warnings if (
+        warnings = merged_warnings(self.details.warnings, row) if (
             self.details is not None and self.details.scan_id == sid) else (
             parse_warnings(row) if row else list(entry.warnings))
         text = score_banner(row, warnings)
