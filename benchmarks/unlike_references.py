@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-CODES = ("modality_unlike_references", "dimension_unlike_references",
+CODES = ("modality_unlike_references", "dimension_unlike_references", "region_unlike_references",
          "plane_unlike_references", "resolution_unlike_references", "short_coverage")
 
 

@@ -418,3 +418,40 @@ def test_without_references_scans_unlike_the_dataset_are_named(tmp_path):
     small = make_dataset(tmp_path / "small", n_vol=4, n_img=0, corrupt=False)
     nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 6.0, 1.0])), small / "coarse.nii.gz")
     assert not any("_unlike_" in r["warnings"] for r in score_all([small], config=config()))
+
+
+def test_a_scan_of_another_region_than_the_references_is_named(tmp_path, monkeypatch):
+    """The engine compares each scan's predicted region with the references' regions."""
+    from types import SimpleNamespace
+
+    from batch import write_png
+    from scanqc.batch import engine
+
+    root = make_dataset(tmp_path / "ds", n_vol=0, n_img=4, corrupt=False)
+    write_png(root / "hand.png", 7)
+
+    def fake_region(self, res, base):  # a probe that knows the hand by its file name
+        hand = "hand" in str(res["row"]["path"])
+        return SimpleNamespace(region="upper_limb" if hand else "chest", confidence=0.97,
+                               warnings=[], columns=lambda: {
+                                   "region": "upper_limb" if hand else "chest",
+                                   "region_confidence": 0.97})
+
+    monkeypatch.setattr(engine._Run, "_predict_region", fake_region)
+    monkeypatch.setattr(engine.Embedder, "_region_probe",
+                        lambda self, config: SimpleNamespace(metadata={"sha256": "fake"}))
+    refs = [str(root / f"img{i}.png") for i in range(3)]
+    rows = {r["path"]: r for r in score_all([root], references=refs, config=config())}
+    assert "region_unlike_references" in rows["hand.png"]["warnings"]
+    assert "predicted region upper limb (97%), the references' chest" in \
+        rows["hand.png"]["warnings_detail"]
+    for i in range(4):
+        assert "region_unlike" not in rows[f"img{i}.png"]["warnings"]
+    # without references: against the region of at least 90 % of the dataset (info)
+    for i in range(4, 22):
+        write_png(root / f"img{i}.png", 100 + i)
+    knn = {r["path"]: r for r in score_all([root], config=config())}
+    assert "predicted region upper limb (97%), most scans' chest" in \
+        knn["hand.png"]["warnings_detail"]
+    assert "region_unlike_dataset (info)" in knn["hand.png"]["warnings_detail"]
+    assert not any("region_unlike" in r["warnings"] for p, r in knn.items() if p != "hand.png")

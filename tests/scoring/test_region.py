@@ -284,3 +284,42 @@ def test_region_from_embeddings_uses_header_dict():
     assert pred.columns()["region_mismatch"] is True
     # the same answer as from the scan itself
     assert region_from_embeddings(emb, probe, header=scan, is_volume=False).mismatch
+
+
+def test_region_unlike_references_rules():
+    from scanqc.scoring.header import regions_compatible
+    from scanqc.scoring.region import region_unlike_references
+
+    chest = [("chest", 0.99), ("chest", 0.95), ("chest", 0.6)]
+    ws = region_unlike_references("upper_limb", 0.97, chest)
+    assert [w.code for w in ws] == ["region_unlike_references"] and ws[0].severity == "warn"
+    assert ws[0].message == "predicted region upper limb (97%), the references' chest"
+    # the same region, an overlapping one, an unsure or unknown prediction: nothing
+    assert region_unlike_references("chest", 0.99, chest) == []
+    assert region_unlike_references("abdomen", 0.99, chest) == []  # overlaps the chest
+    assert region_unlike_references("upper_limb", 0.7, chest) == []
+    assert region_unlike_references("unknown", 0.99, chest) == []
+    assert region_unlike_references(None, None, chest) == []
+    # fewer than two sure references: nothing to compare with
+    assert region_unlike_references("head", 0.99, [("chest", 0.99), ("chest", 0.5)]) == []
+    assert region_unlike_references("head", 0.99, [("unknown", 0.99)] * 3) == []
+    # a mixed reference set widens what is alike
+    assert region_unlike_references("head", 0.99, [*chest, ("head", 0.9)]) == []
+    # limbs: compatible for header checks (a shoulder film labelled chest), not here
+    assert regions_compatible("chest", "upper limb") and not regions_compatible(
+        "chest", "upper_limb", limbs=False)
+    assert regions_compatible("head", "neck", limbs=False)
+
+
+def test_typical_region_and_region_unlike_dataset():
+    from scanqc.scoring.region import region_unlike_dataset, typical_region
+
+    preds = [("chest", 0.95)] * 28 + [("upper_limb", 0.99), ("unknown", 0.99), ("head", 0.5)]
+    assert typical_region(preds) == "chest"  # 28 of the 29 sure predictions
+    assert typical_region(preds[:15]) is None  # too few
+    assert typical_region([("chest", 0.95)] * 20 + [("head", 0.95)] * 4) is None  # 83 %
+    ws = region_unlike_dataset("upper_limb", 0.99, "chest")
+    assert [(w.code, w.severity) for w in ws] == [("region_unlike_dataset", "info")]
+    assert ws[0].message == "predicted region upper limb (99%), most scans' chest"
+    assert region_unlike_dataset("upper_limb", 0.99, None) == []
+    assert region_unlike_dataset("abdomen", 0.99, "chest") == []

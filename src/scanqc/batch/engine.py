@@ -133,6 +133,7 @@ class _Run:
         self.refset_id = KNN_REFERENCE_ID
         self._ref_results: dict[str, tuple[ScanEntry, dict[str, Any]]] = {}
         self._ref_profiles: list[Any] = []  # AcquisitionProfile of each reference
+        self._ref_regions: list[tuple[str, float]] = []  # predicted (region, confidence)
         self._held: list[tuple[dict[str, Any], np.ndarray, list, str | None]] = []
         from scanqc.scoring.duplicates import DuplicateIndex
 
@@ -269,8 +270,12 @@ class _Run:
         self._ref_profiles = [AcquisitionProfile.from_dict(res["row"].get("acquisition"))
                               for _e, res in good]
         vectors, slice_vecs, ids, contents = [], [], [], []
+        self._ref_regions = []
         for entry, res in good:
-            sv = self.embedder.embed(res["slices"])
+            base, sv = self.embedder.embed_both(res["slices"])
+            pred = self._predict_region(res, base)
+            if pred is not None:
+                self._ref_regions.append((pred.region, pred.confidence))
             vectors.append(pool_slices(sv))
             slice_vecs.append(sv)
             ids.append(entry.scan_id)
@@ -317,6 +322,8 @@ class _Run:
                 self._unlike_references(res)
         regions = self._regions(items, np.split(base, np.cumsum(counts)[:-1]))
         if self.refset is not None:
+            for _entry, res in items:
+                self._region_unlike_references(res, regions.setdefault(id(res), {}))
             from scanqc.scoring.reference import score_against_references, slice_scores
 
             scores = score_against_references(
@@ -361,6 +368,36 @@ class _Run:
             row["warnings"], row["warnings_detail"], row["max_severity"] = \
                 warnings_columns(res["warnings"])
 
+    def _region_unlike_references(self, res: dict[str, Any], cols: dict[str, Any]) -> None:
+        """Add ``region_unlike_references`` (once) when the scan shows another region."""
+        from scanqc.batch.pipeline import warnings_columns
+        from scanqc.scoring.region import region_unlike_references
+
+        if res.get("_region_compared") or not cols.get("region"):
+            return
+        res["_region_compared"] = True
+        found = region_unlike_references(cols.get("region"), cols.get("region_confidence"),
+                                         self._ref_regions)
+        if found:
+            res["warnings"] = [*res["warnings"], *found]
+            cols["warnings"], cols["warnings_detail"], cols["max_severity"] = \
+                warnings_columns(res["warnings"])
+
+    def _predict_region(self, res: dict[str, Any], base: np.ndarray) -> Any:
+        """The region prediction of a prepared scan (None without a probe or on failure)."""
+        from scanqc.scoring.region import region_from_embeddings
+
+        probe = self.embedder.region_probe
+        if probe is None:
+            return None
+        try:
+            return region_from_embeddings(
+                base, probe, res["slice_index"], n_slices=res.get("n_slices"),
+                is_volume=res.get("is_volume"), header=res.get("region_header"))
+        except Exception as exc:  # noqa: BLE001 - region is informative, never fatal
+            log.info("region failed: %s", exc)
+            return None
+
     def _regions(self, items: list[tuple[ScanEntry, dict[str, Any]]],
                  base: list[np.ndarray]) -> dict[int, dict[str, Any]]:
         """Region columns per prepared scan, keyed by ``id(res)``.
@@ -369,19 +406,13 @@ class _Run:
         columns and the scores.
         """
         from scanqc.batch.pipeline import warnings_columns
-        from scanqc.scoring.region import region_from_embeddings
 
-        probe = self.embedder.region_probe
         out: dict[int, dict[str, Any]] = {}
-        if probe is None:
+        if self.embedder.region_probe is None:
             return out
         for (_entry, res), b in zip(items, base, strict=True):
-            try:
-                pred = region_from_embeddings(
-                    b, probe, res["slice_index"], n_slices=res.get("n_slices"),
-                    is_volume=res.get("is_volume"), header=res.get("region_header"))
-            except Exception as exc:  # noqa: BLE001 - region is informative, never fatal
-                log.info("region failed: %s", exc)
+            pred = self._predict_region(res, b)
+            if pred is None:
                 continue
             cols = pred.columns()
             cols.pop("region_coverage", None)
@@ -405,11 +436,16 @@ class _Run:
             unlike_dataset,
         )
         from scanqc.scoring.checks import warnings_from_columns
+        from scanqc.scoring.region import region_unlike_dataset, typical_region
 
         profiles = [AcquisitionProfile.from_dict(row.get("acquisition")) for row, *_ in held]
         typical = typical_profiles(profiles)
+        region = typical_region([(row.get("region"), row.get("region_confidence"))
+                                 for row, *_ in held])
         for (row, *_rest), profile in zip(held, profiles, strict=True):
             found = unlike_dataset(profile, typical) if typical else []
+            found += region_unlike_dataset(row.get("region"), row.get("region_confidence"),
+                                           region)
             text = row.get("warnings") or ""
             if not found and "_unlike_dataset" not in text:
                 continue

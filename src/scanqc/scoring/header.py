@@ -265,6 +265,19 @@ def header_regions(scan: Scan) -> frozenset[str]:
     return frozenset()
 
 
+def regions_compatible(a: str, b: str, limbs: bool = True) -> bool:
+    """True when two region names are the same class or overlap (chest/abdomen ...).
+
+    ``limbs=False`` leaves out the pairs with a limb (chest/upper limb, pelvis/lower
+    limb): a shoulder film may be labelled chest, but it is another examination.
+    """
+    a, b = _normalise_region(a), _normalise_region(b)
+    if a == b:
+        return True
+    pair = frozenset({a, b})
+    return pair in _COMPATIBLE and (limbs or not pair & {"upper limb", "lower limb"})
+
+
 def _normalise_region(region: str) -> str:
     r = (region or "").strip().lower().replace("_", " ")
     aliases = {"upper extremity": "upper limb", "lower extremity": "lower limb",

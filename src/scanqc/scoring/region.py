@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scanqc.io.scan import Scan, ScanWarning
-from scanqc.scoring.header import header_regions, region_header_mismatch
+from scanqc.scoring.header import header_regions, region_header_mismatch, regions_compatible
 
 if TYPE_CHECKING:
     from scanqc.models.region_probe import RegionProbe
@@ -314,6 +314,79 @@ def region_from_probs(
         per_slice=per_slice, header_region="/".join(sorted(hdr)), mismatch=bool(warns),
         warnings=warns,
     )
+
+
+#: Confidence from which a predicted region is compared with the references' regions.
+REFERENCE_REGION_CONFIDENCE = 0.8
+
+
+def region_unlike_references(
+    region: str | None, confidence: float | None,
+    reference_regions: Sequence[tuple[str | None, float | None]],
+    min_confidence: float = REFERENCE_REGION_CONFIDENCE,
+) -> list[ScanWarning]:
+    """``region_unlike_references`` (warn): the scan shows another body region.
+
+    Fires when the scan's predicted region (not ``unknown``) has at least
+    ``min_confidence``, at least two references have a region predicted that confidently,
+    and the scan's region is none of theirs nor overlaps one (chest/abdomen, head/neck,
+    spine and its neighbours count as alike; a limb never does:
+    :func:`scanqc.scoring.header.regions_compatible` with ``limbs=False``).
+
+    Args:
+        region: The scan's predicted region (None: nothing is compared).
+        confidence: Its probability.
+        reference_regions: ``(region, confidence)`` of each reference.
+        min_confidence: The confidence floor for the scan and for the references.
+    """
+    known = [str(r) for r, c in reference_regions if _sure(r, c, min_confidence)]
+    if len(known) < 2:
+        return []
+    return _region_unlike(region, confidence, set(known), "references", "the references'",
+                          "warn", min_confidence)
+
+
+def typical_region(predictions: Sequence[tuple[str | None, float | None]],
+                   min_confidence: float = REFERENCE_REGION_CONFIDENCE,
+                   majority: float = 0.9, min_scans: int = 20) -> str | None:
+    """The region of at least ``majority`` of a dataset's confident predictions, or None.
+
+    Only predictions with at least ``min_confidence`` count, and at least ``min_scans`` of
+    them are needed (the same rule as the acquisition comparison of runs without
+    references, :func:`scanqc.scoring.acquisition.typical_profiles`).
+    """
+    known = [str(r) for r, c in predictions if _sure(r, c, min_confidence)]
+    if len(known) < min_scans:
+        return None
+    top = max(set(known), key=known.count)
+    return top if known.count(top) >= majority * len(known) else None
+
+
+def region_unlike_dataset(region: str | None, confidence: float | None, typical: str | None,
+                          min_confidence: float = REFERENCE_REGION_CONFIDENCE,
+                          ) -> list[ScanWarning]:
+    """``region_unlike_dataset`` (info): another region than :func:`typical_region`'s."""
+    if not typical:
+        return []
+    return _region_unlike(region, confidence, {typical}, "dataset", "most scans'", "info",
+                          min_confidence)
+
+
+def _sure(region: str | None, confidence: float | None, min_confidence: float) -> bool:
+    return bool(region) and region != UNKNOWN and confidence is not None \
+        and bool(np.isfinite(confidence)) and float(confidence) >= min_confidence
+
+
+def _region_unlike(region: str | None, confidence: float | None, known: set[str],
+                   suffix: str, noun: str, severity: Any, min_confidence: float,
+                   ) -> list[ScanWarning]:
+    if not _sure(region, confidence, min_confidence) or any(
+            regions_compatible(str(region), r, limbs=False) for r in known):
+        return []
+    names = "/".join(sorted({r.replace("_", " ") for r in known}))
+    return [ScanWarning(f"region_unlike_{suffix}", f"predicted region "
+                        f"{str(region).replace('_', ' ')} ({float(confidence):.0%}), {noun} "
+                        f"{names}", severity=severity, value=float(confidence))]
 
 
 def untrained_classes(probe: Any) -> tuple[str, ...]:
