@@ -52,7 +52,8 @@ def test_html_without_distances_uses_scores(tmp_path):
 
 def _thumb_counts(text: str) -> list[int]:
     """Thumbnails per table row, in report order."""
-    rows = text.split("<tr")[2:]  # skip the header row
+    scans = text.split("<th>images</th>", 1)[1]  # the scans' table (after the findings)
+    rows = scans.split("<tr")[1:]  # skip its header row
     return [r.count("class='thumb'") for r in rows]
 
 
@@ -107,3 +108,30 @@ def test_no_thumbnail_of_pixels_with_burned_in_text_unless_asked(tmp_path):
     text = write_html_report(rows, tmp_path / "r2.html", root=str(tmp_path),
                              include_identifiers=True).read_text()
     assert _thumb_counts(text)[0] >= 1
+
+
+def test_findings_summarise_the_warnings_by_code_most_severe_first(tmp_path):
+    from scanqc.batch.report_html import findings_table
+
+    def row(i, codes, detail):
+        return {"scan_id": f"s{i}", "path": f"s{i}.png", "status": "ok", "bad_score": 0.1,
+                "flagged": False, "warnings": codes, "warnings_detail": detail}
+
+    rows = [
+        row(1, "fov_cut;metal_artifact", "fov_cut (info): cut | metal_artifact (warn): metal"),
+        row(2, "metal_artifact", "metal_artifact (warn): metal"),
+        row(3, "fov_cut;fov_cut", "fov_cut (warn): cut top | fov_cut (info): cut left"),
+        row(4, "no_anatomy", "no_anatomy (high): <empty>"),
+        {"scan_id": "s5", "path": "bad", "status": "error", "warnings": "metal_artifact"},
+    ]
+    assert findings_table(rows) == [("no_anatomy", "high", 1), ("fov_cut", "warn", 2),
+                                    ("metal_artifact", "warn", 2)]
+    text = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False).read_text()
+    assert "<h2>Findings</h2>" in text
+    assert "<tr class='high'><td>no_anatomy</td><td>high</td><td>1</td></tr>" in text
+    assert text.index("no_anatomy</td>") < text.index("metal_artifact</td>")
+    info_only = [row(1, "no_spacing", "no_spacing (info): none")]
+    text = write_html_report(info_only, tmp_path / "i.html", load_thumbnails=False).read_text()
+    assert "notes (info): no_spacing (1)" in text and "class='findings'" not in text
+    assert "<h2>Findings</h2>" not in write_html_report(
+        [row(1, "", "")], tmp_path / "e.html", load_thumbnails=False).read_text()

@@ -1,11 +1,13 @@
 """A self-contained HTML report of a scoring run (one file, images inline).
 
-Summary counts, the histogram of the distance (or bad score) with the threshold line,
-then the scans: flagged first (highest score first) with thumbnails of the middle and
-the worst slice, their warnings and region, and a relative link to the file. Every
-string from the data is HTML-escaped; only the report columns (no patient identifiers)
-are shown. Thumbnails are re-read from the files for the first ``max_thumbnails`` scored
-scans in report order (flagged ones first), so the report stays small for large datasets.
+Summary counts, the histogram of the distance (or bad score) with the threshold line, the
+findings (each warning code with its severity and the number of scans that have it, the
+most severe first; info notes on one line), then the scans: flagged first (highest score
+first) with thumbnails of the middle and the worst slice, their warnings and region, and a
+relative link to the file. Every string from the data is HTML-escaped; only the report
+columns (no patient identifiers) are shown. Thumbnails are re-read from the files for the
+first ``max_thumbnails`` scored scans in report order (flagged ones first), so the report
+stays small for large datasets.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ tr.flagged{background:#fff1f0} tr.error{background:#fffbe6} tr.skipped{color:#88
 .counts span{display:inline-block;margin-right:1.5em;font-size:15px}
 img.thumb{width:96px;height:96px;object-fit:contain;background:#000;margin-right:2px}
 .small{color:#666;font-size:12px}
+table.findings{width:auto;margin-bottom:1em} tr.high td{color:#b71c1c} tr.warn td{color:#8a5a00}
 """
 
 
@@ -158,6 +161,46 @@ def _fmt_float(value: object) -> str:
     return ""
 
 
+def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """``(code, severity, scans)`` of every warning in ``rows``, the most severe first.
+
+    A code's severity is the highest it has in any row (from ``warnings_detail``); within
+    a severity, the codes found on most scans come first.
+    """
+    from scanqc.io.scan import SEVERITIES
+    from scanqc.scoring.checks import warnings_from_columns
+
+    scans: dict[str, int] = {}
+    worst: dict[str, str] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        ws = warnings_from_columns(str(row.get("warnings") or ""),
+                                   str(row.get("warnings_detail") or ""), "warn")
+        for code in {w.code for w in ws}:
+            scans[code] = scans.get(code, 0) + 1
+        for w in ws:
+            rank = SEVERITIES.index(w.severity) if w.severity in SEVERITIES else 0
+            if rank >= SEVERITIES.index(worst.get(w.code, "info")):
+                worst[w.code] = SEVERITIES[rank]
+    return sorted(((c, worst.get(c, "info"), n) for c, n in scans.items()),
+                  key=lambda t: (-SEVERITIES.index(t[1]), -t[2], t[0]))
+
+
+def _findings_html(rows: Sequence[dict[str, Any]]) -> str:
+    found = findings_table(rows)
+    if not found:
+        return ""
+    main = [f"<tr class='{_esc(s)}'><td>{_esc(c)}</td><td>{_esc(s)}</td><td>{n}</td></tr>"
+            for c, s, n in found if s != "info"]
+    info = ", ".join(f"{_esc(c)} ({n})" for c, s, n in found if s == "info")
+    return ("<h2>Findings</h2>"
+            + ("<table class='findings'><thead><tr><th>warning</th><th>severity</th>"
+               "<th>scans</th></tr></thead><tbody>" + "".join(main) + "</tbody></table>"
+               if main else "")
+            + (f"<p class='small'>notes (info): {info}</p>" if info else ""))
+
+
 def write_html_report(
     rows: Sequence[dict[str, Any]],
     path: str | Path,
@@ -226,6 +269,7 @@ def write_html_report(
         + (f"<span><b>{n_dup}</b> duplicates of another scan</span>" if n_dup else "")
         + "</div>",
         f"<p><img alt='score histogram' src='data:image/png;base64,{hist}'></p>",
+        _findings_html(rows),
         "<table><thead><tr><th>images</th><th>scan</th><th>status</th><th>bad score</th>"
         "<th>distance</th><th>warnings</th><th>region</th>"
         + ("<th>asymmetry</th>" if has_asym else "") + "</tr></thead><tbody>",
