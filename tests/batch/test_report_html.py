@@ -124,8 +124,8 @@ def test_findings_summarise_the_warnings_by_code_most_severe_first(tmp_path):
         row(4, "no_anatomy", "no_anatomy (high): <empty>"),
         {"scan_id": "s5", "path": "bad", "status": "error", "warnings": "metal_artifact"},
     ]
-    assert findings_table(rows) == [("no_anatomy", "high", 1), ("fov_cut", "warn", 2),
-                                    ("metal_artifact", "warn", 2)]
+    assert findings_table(rows) == [("no_anatomy", "high", 1), ("metal_artifact", "warn", 2),
+                                    ("fov_cut", "warn", 1), ("fov_cut", "info", 1)]
     text = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False).read_text()
     assert "<h2>Findings</h2>" in text
     assert "<tr class='high'><td>no_anatomy</td><td>high</td><td>1</td></tr>" in text

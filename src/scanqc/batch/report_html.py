@@ -162,28 +162,28 @@ def _fmt_float(value: object) -> str:
 
 
 def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    """``(code, severity, scans)`` of every warning in ``rows``, the most severe first.
+    """``(code, severity, scans)`` of the warnings in ``rows``, the most severe first.
 
-    A code's severity is the highest it has in any row (from ``warnings_detail``); within
-    a severity, the codes found on most scans come first.
+    A scan counts once per code, at the highest severity that code has in it (read from
+    ``warnings_detail``), so ``fov_cut`` can appear as ``warn`` on some scans and ``info``
+    on others; within a severity, the codes found on most scans come first.
     """
     from scanqc.io.scan import SEVERITIES
     from scanqc.scoring.checks import warnings_from_columns
 
-    scans: dict[str, int] = {}
-    worst: dict[str, str] = {}
+    counts: dict[tuple[str, str], int] = {}
     for row in rows:
         if row.get("status") != "ok":
             continue
-        ws = warnings_from_columns(str(row.get("warnings") or ""),
-                                   str(row.get("warnings_detail") or ""), "warn")
-        for code in {w.code for w in ws}:
-            scans[code] = scans.get(code, 0) + 1
-        for w in ws:
+        worst: dict[str, int] = {}
+        for w in warnings_from_columns(str(row.get("warnings") or ""),
+                                       str(row.get("warnings_detail") or ""), "warn"):
             rank = SEVERITIES.index(w.severity) if w.severity in SEVERITIES else 0
-            if rank >= SEVERITIES.index(worst.get(w.code, "info")):
-                worst[w.code] = SEVERITIES[rank]
-    return sorted(((c, worst.get(c, "info"), n) for c, n in scans.items()),
+            worst[w.code] = max(worst.get(w.code, 0), rank)
+        for code, rank in worst.items():
+            key = (code, SEVERITIES[rank])
+            counts[key] = counts.get(key, 0) + 1
+    return sorted(((c, s, n) for (c, s), n in counts.items()),
                   key=lambda t: (-SEVERITIES.index(t[1]), -t[2], t[0]))
 
 
