@@ -95,6 +95,11 @@ def test_batch_run_writes_report_and_fills_table(qtbot, make_napari_viewer, scan
     assert "error" in state.rows[ids["broken.nii.gz"]]["warnings"]
     assert w.summary is not None and w.summary["n"] == len(files)
     assert f"{len(files)} scanned" in w.status.text()
+    # the most severe, then commonest, warnings of the run (the dock drains its row queue,
+    # so they are counted as rows arrive): the blank and noise volumes' come first
+    codes = [c for c, _sev, _n in w.summary["findings"]]
+    assert len(codes) == 3 and "constant_image" in codes and "noise_only" in codes
+    assert "most found: " in w.status.text() and "constant_image (1)" in w.status.text()
     assert html.is_file() and w.open_btn.isEnabled()
 
 

@@ -161,20 +161,25 @@ def _fmt_float(value: object) -> str:
     return ""
 
 
-def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    """``(code, severity, scans)`` of the warnings in ``rows``, the most severe first.
+class Findings:
+    """Counts of ``(code, severity)`` over report rows, added one row at a time.
 
     A scan counts once per code, at the highest severity that code has in it (read from
     ``warnings_detail``), so ``fov_cut`` can appear as ``warn`` on some scans and ``info``
-    on others; within a severity, the codes found on most scans come first.
+    on others. Only scored rows (status ``ok``) count.
     """
-    from scanqc.io.scan import SEVERITIES
-    from scanqc.scoring.checks import warnings_from_columns
 
-    counts: dict[tuple[str, str], int] = {}
-    for row in rows:
-        if row.get("status") != "ok":
-            continue
+    def __init__(self) -> None:
+        """Start with no rows."""
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Count the warnings of one report row."""
+        from scanqc.io.scan import SEVERITIES
+        from scanqc.scoring.checks import warnings_from_columns
+
+        if row.get("status") != "ok" or not row.get("warnings"):
+            return
         worst: dict[str, int] = {}
         for w in warnings_from_columns(str(row.get("warnings") or ""),
                                        str(row.get("warnings_detail") or ""), "warn"):
@@ -182,9 +187,22 @@ def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]
             worst[w.code] = max(worst.get(w.code, 0), rank)
         for code, rank in worst.items():
             key = (code, SEVERITIES[rank])
-            counts[key] = counts.get(key, 0) + 1
-    return sorted(((c, s, n) for (c, s), n in counts.items()),
-                  key=lambda t: (-SEVERITIES.index(t[1]), -t[2], t[0]))
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def table(self) -> list[tuple[str, str, int]]:
+        """``(code, severity, scans)``, the most severe first, then the commonest."""
+        from scanqc.io.scan import SEVERITIES
+
+        return sorted(((c, s, n) for (c, s), n in self.counts.items()),
+                      key=lambda t: (-SEVERITIES.index(t[1]), -t[2], t[0]))
+
+
+def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """``(code, severity, scans)`` of the warnings in ``rows`` (:class:`Findings`)."""
+    found = Findings()
+    for row in rows:
+        found.add(row)
+    return found.table()
 
 
 def _findings_html(rows: Sequence[dict[str, Any]]) -> str:

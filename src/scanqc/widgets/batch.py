@@ -78,7 +78,8 @@ def run_batch(
 
     Returns:
         Summary: ``n``, ``ok``, ``flagged``, ``error``, ``skipped``, ``cached``, ``seconds``,
-        ``out``, ``html``.
+        ``out``, ``html``, ``findings`` (the three commonest warn/high warnings:
+        ``(code, severity, scans)``, :func:`scanqc.batch.report_html.findings_table`).
 
     Raises:
         scanqc.progress.Cancelled: ``cancel`` was set (the report keeps its rows).
@@ -86,6 +87,7 @@ def run_batch(
     from scanqc.batch.cache import ResultCache
     from scanqc.batch.engine import score
     from scanqc.batch.output import ReportWriter, format_from_path, read_report
+    from scanqc.batch.report_html import Findings
 
     t0 = time.perf_counter()
     out_path = Path(out)
@@ -93,6 +95,7 @@ def run_batch(
     cache = ResultCache(out_path.with_name(out_path.name + ".cache.sqlite"))
     writer = ReportWriter(out_path, fmt, resume=bool(config.resume))
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0}
+    found = Findings()  # the sink is drained by the dock: count as rows arrive
     paths: dict[str, tuple[str, ...]] = {}
     finished = False
     try:
@@ -102,6 +105,7 @@ def run_batch(
             status = row.get("status") or "error"
             counts[status] = counts.get(status, 0) + 1
             counts["cached"] += bool(row.get("_cached"))
+            found.add(row)
             if row.get("flagged"):
                 counts["flagged"] += 1
                 paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
@@ -112,6 +116,7 @@ def run_batch(
     finally:
         written = writer.close(finalize=finished)
         cache.close()
+    findings = [f for f in found.table() if f[1] != "info"][:3]
     html_path = None
     if html:
         from scanqc.batch.report_html import write_html_report
@@ -129,14 +134,18 @@ def run_batch(
         "seconds": time.perf_counter() - t0,
         "out": str(written),
         "html": html_path,
+        "findings": findings,
     }
 
 
 def summary_line(s: dict[str, Any]) -> str:
     """One line about a finished run."""
     resumed = f" ({s['cached']} from the resume cache)" if s.get("cached") else ""
-    return (f"{s['n']} scanned{resumed}, {s['flagged']} flagged, {s['error']} errors, "
+    text = (f"{s['n']} scanned{resumed}, {s['flagged']} flagged, {s['error']} errors, "
             f"{s['skipped']} skipped in {s['seconds']:.1f} s -> {Path(s['out']).name}")
+    if s.get("findings"):
+        text += "; most found: " + ", ".join(f"{c} ({n})" for c, _sev, n in s["findings"])
+    return text
 
 
 def rate_eta(done: int, total: int, seconds: float) -> str:
