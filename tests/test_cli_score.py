@@ -361,6 +361,8 @@ def test_scans_unlike_the_references_are_counted(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err
     assert ("scanqc: 2 scans unlike the references in how they were acquired "
             "(2 dimension: warnings *_unlike_*)") in err
+    assert ("scanqc: most found: short_coverage (warn, 4), dimension_unlike_references "
+            "(warn, 2)") in err  # 20 mm test volumes are short
     rows = {r["path"]: r for r in read_report(out)}
     assert "dimension_unlike_references" in rows["img0.png"]["warnings"]
     assert "a 2D image, the references are volumes" in rows["img1.png"]["warnings_detail"]

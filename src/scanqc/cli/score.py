@@ -302,6 +302,9 @@ def run(args: argparse.Namespace) -> int:
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0,
               "exact_duplicate": 0, "near_duplicate": 0}
     unlike: dict[str, int] = {}  # "resolution" -> scans with resolution_unlike_*
+    from scanqc.batch.report_html import Findings
+
+    found = Findings()
     flagged_paths: dict[str, tuple[str, ...]] = {}
     errors: list[str] = []  # the first few error causes, echoed at the end
     worst: list[tuple[float, str, str]] = []  # (-bad_score, path, warnings) of flagged rows
@@ -313,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
             if row.get("status") == "error" and len(errors) < _SHOWN_ERRORS:
                 errors.append(str(row.get("error") or row.get("path") or "?"))
             counts["cached"] += bool(row.get("_cached"))
+            found.add(row)
             counts["redacted"] += REDACTED in str(row.get("path") or "")
             codes = str(row.get("warnings") or "").split(";")
             counts["exact_duplicate"] += "exact_duplicate" in codes
@@ -346,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
+    top = [f for f in found.table() if f[1] != "info"][:5]
+    if top:
+        print("scanqc: most found: " + ", ".join(f"{c} ({sev}, {n})" for c, sev, n in top)
+              + " (all: the Findings of the HTML report)", file=sys.stderr)
     for neg, path, codes in sorted(worst)[:_SHOWN_FLAGGED]:
         score = f"{-neg:.2f}" if neg <= 0 else "  - "
         print(f"scanqc: flagged {score}  {path}  ({codes})", file=sys.stderr)
