@@ -254,6 +254,8 @@ def test_public_reference_api_matches_score(tmp_path):
         assert row["reference_set_id"] == ctx.reference_set_id
         from scanqc.batch.pipeline import prepare_entry
 
+        again = ctx.score_entries([odd])[0]  # the dock scores the same scan twice
+        assert "duplicate" not in again["warnings"] and again["warnings"] == row["warnings"]
         res = prepare_entry(odd, cfg.prep_options(str(root), False))
         ss = ctx.slice_scores(res["slices"], res["slice_index"])
         assert len(ss.bad_scores) == len(res["slice_index"])

@@ -101,3 +101,17 @@ def test_index_marks_the_later_copy_and_matches_brute_force():
     assert brute == {200, 201}
     assert DuplicateIndex(max_distance=0).add("x", fps[0]) == []
     assert from_text("") is None and from_text("abc:zz") is None
+
+
+def test_a_scan_added_again_is_not_a_copy_of_itself():
+    from scanqc.scoring.duplicates import DuplicateIndex
+
+    fp = Fingerprint(exact="e1", phash=0x0F0F0F0F0F0F0F0F, shape=(1,))
+    near = Fingerprint(exact="e2", phash=0x0F0F0F0F0F0F0F0E, shape=(1,))  # 1 bit away
+    index = DuplicateIndex()
+    assert index.add("a.dcm", fp, key="id-a") == []
+    assert index.add("a.dcm", fp, key="id-a") == []  # the same scan scored again
+    assert index.add("a.dcm", near, key="id-a") == []  # ... after its file changed slightly
+    # another scan sharing the name (two series of one folder) is still a copy
+    assert [w.code for w in index.add("a.dcm", fp, key="id-b")] == ["exact_duplicate"]
+    assert [w.code for w in index.add("b.dcm", near, key="id-c")] == ["exact_duplicate"]

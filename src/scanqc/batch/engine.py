@@ -156,7 +156,8 @@ class _Run:
         fp = from_text(row.get("fingerprint")) if row.get("status") == "ok" else None
         if fp is None:
             return
-        found = self._dup_index.add(str(row.get("path") or row.get("name") or ""), fp)
+        found = self._dup_index.add(str(row.get("path") or row.get("name") or ""), fp,
+                                    key=str(row.get("scan_id") or "") or None)
         if found:
             from scanqc.batch.pipeline import warnings_columns
             from scanqc.scoring.checks import warnings_from_columns

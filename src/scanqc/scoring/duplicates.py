@@ -147,38 +147,45 @@ class DuplicateIndex:
 
     def __init__(self, max_distance: int = NEAR_DUPLICATE_BITS) -> None:
         self.max_distance = int(max_distance)
-        self._exact: dict[str, str] = {}
-        self._bands: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+        self._exact: dict[str, str] = {}  # exact hash -> name of the first scan
+        self._keys_of: dict[str, str] = {}  # exact hash -> identity of the first scan
+        self._bands: dict[tuple[int, int], list[tuple[int, str, str]]] = defaultdict(list)
         self._width = int(np.ceil(64 / (self.max_distance + 1)))
 
     def _keys(self, phash: int) -> list[tuple[int, int]]:
         mask = (1 << self._width) - 1
         return [(b, (phash >> (b * self._width)) & mask) for b in range(self.max_distance + 1)]
 
-    def add(self, name: str, fp: Fingerprint) -> list[ScanWarning]:
+    def add(self, name: str, fp: Fingerprint, key: str | None = None) -> list[ScanWarning]:
         """Add one scan; return its warnings against the scans added before it.
 
         Args:
             name: How the warnings name this scan to later ones (e.g. its report path).
             fp: Its fingerprint.
+            key: The scan's identity (default ``name``): a scan added again under the same
+                key (scored twice in one session) is not a copy of itself.
         """
+        key = name if key is None else key
         first = self._exact.get(fp.exact)
+        if first is not None and self._keys_of.get(fp.exact) == key:
+            return []
         if first is not None:
             return [ScanWarning("exact_duplicate", f"identical pixels to {first}",
                                 severity="warn", value=1.0)]
         self._exact[fp.exact] = name
+        self._keys_of[fp.exact] = key
         if not fp.phash or self.max_distance <= 0:
             return []
         best: dict[str, int] = {}
-        keys = self._keys(fp.phash)
-        for key in keys:
-            for other, other_name in self._bands.get(key, ()):
-                if other_name not in best:
+        bands = self._keys(fp.phash)
+        for band in bands:
+            for other, other_name, other_key in self._bands.get(band, ()):
+                if other_name not in best and other_key != key:
                     dist = hamming(fp.phash, other)
                     if dist <= self.max_distance:
                         best[other_name] = dist
-        for key in keys:
-            self._bands[key].append((fp.phash, name))
+        for band in bands:
+            self._bands[band].append((fp.phash, name, key))
         if not best:
             return []
         others = sorted(best, key=best.get)
