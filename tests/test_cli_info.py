@@ -56,6 +56,28 @@ def test_info_in_process(folder, capsys, load):
         assert png["shape"] == [10, 10] and "no_spacing" in png["warnings"]
 
 
+def test_info_checks_lists_the_qc_findings_without_the_model(folder, capsys, monkeypatch):
+    import scanqc.batch.embedder as embedder
+
+    def no_model(*a, **k):  # --checks never loads an encoder
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embedder.Embedder, "__init__", no_model)
+    rc = main(["info", str(folder), "--root", str(folder), "--checks"])
+    assert rc == 0
+    recs = _records(capsys.readouterr().out)
+    good, png, bad = recs["good.nii.gz"], recs["xray.png"], recs["broken.nii.gz"]
+    # an all-ones volume is constant: the high-severity finding, with its message
+    const = [c for c in good["checks"] if c["code"] == "constant_image"]
+    assert const and const[0]["severity"] == "high" and "every value is 1" in const[0]["message"]
+    assert {"code", "severity", "message", "slices", "region"} <= set(const[0])
+    # a 10 x 10 PNG: the reader's note and the tiny-image check
+    assert {"no_spacing", "tiny_image"} <= {c["code"] for c in png["checks"]}
+    assert "entropy_bits" in png["metrics"]
+    assert all(isinstance(v, float) for v in png["metrics"].values())
+    assert bad["status"] == "error" and "checks" not in bad  # unreadable: no checks
+
+
 def test_info_load_reports_undecodable_pixels(tmp_path, capsys):
     # header fine, pixel data cut off: discovery says ok, --load says error
     p = tmp_path / "cut.nii"

@@ -3,6 +3,7 @@
 Example::
 
     scanqc info data/ --root data/ --load > inventory.jsonl
+    scanqc info suspicious.dcm --checks     # the QC checks of one file, without the model
 
 Each line: ``scan_id, path, kind, format, modality, shape, spacing, series_description,
 status (ok/error/skipped), error, warnings (codes)``. Bad files give ``status: "error"``
@@ -36,6 +37,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="dataset root for stable scan ids (default: each PATH)")
     p.add_argument("--load", action="store_true",
                    help="also decode pixel data (slower; undecodable pixels -> status error)")
+    p.add_argument("--checks", action="store_true",
+                   help="also run the QC checks on each scan (implies --load; no model): "
+                        "'checks' lists code, severity, message, slices and region; "
+                        "'metrics' the image-quality measures")
     p.add_argument("--include-identifiers", action="store_true",
                    help="print folder and file names that hold the patient's name or an ID "
                         "as they are (default: [redacted])")
@@ -94,16 +99,32 @@ def scan_record(entry: ScanEntry, result: Scan | ScanReadError | None) -> dict[s
     return rec
 
 
+def check_record(entry: ScanEntry, scan: Scan) -> dict[str, Any]:
+    """``checks`` and ``metrics`` of a loaded scan (``--checks``): the QC checks, no model."""
+    import math
+
+    from scanqc.scoring.checks import check_scan
+
+    warnings, metrics = check_scan(scan)
+    checks = [{**w.to_dict(), "message": _text(w.message, entry)} for w in warnings]
+    finite = {k: round(float(v), 6) for k, v in (metrics or {}).items()
+              if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    return {"checks": checks, "metrics": finite}
+
+
 def run(args: argparse.Namespace) -> int:
     """Print one JSON line per scan; return 0 (bad files are reported, not fatal)."""
     out = sys.stdout
-    if args.load:
+    if args.load or args.checks:
         from scanqc.io.load import open_scans
 
         for entry, result in open_scans(args.paths, root=args.root):
             if args.include_identifiers:
                 entry.private_names = {}
-            out.write(json.dumps(scan_record(entry, result)) + "\n")
+            rec = scan_record(entry, result)
+            if args.checks and isinstance(result, Scan):
+                rec.update(check_record(entry, result))
+            out.write(json.dumps(rec) + "\n")
             out.flush()
         return 0
     from scanqc.io.discover import discover
