@@ -457,3 +457,17 @@ def test_a_scan_of_another_region_than_the_references_is_named(tmp_path, monkeyp
         knn["hand.png"]["warnings_detail"]
     assert "region_unlike_dataset (info)" in knn["hand.png"]["warnings_detail"]
     assert not any("region_unlike" in r["warnings"] for p, r in knn.items() if p != "hand.png")
+
+
+def test_a_failing_acquisition_profile_never_fails_the_scan(tmp_path, monkeypatch):
+    import scanqc.scoring.acquisition as acquisition
+
+    def broken(scan):
+        raise RuntimeError("odd header")
+
+    monkeypatch.setattr(acquisition, "acquisition_profile", broken)
+    root = make_dataset(tmp_path / "ds", n_vol=3, n_img=0, corrupt=False)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(2)]
+    rows = score_all([root], references=refs, config=config())
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert not any("_unlike_" in r["warnings"] for r in rows)

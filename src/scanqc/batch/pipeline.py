@@ -242,8 +242,9 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         from scanqc.scoring.region import region_header
 
         # compared with the references or the dataset; a row key that is not a report
-        # column, kept in the resume cache like the fingerprint
-        row["acquisition"] = acquisition_profile(scan).to_dict()
+        # column, kept in the resume cache like the fingerprint; a bonus, never fatal
+        with contextlib.suppress(Exception):
+            row["acquisition"] = acquisition_profile(scan).to_dict()
         result.update(
             slices=np.ascontiguousarray(slices, dtype=np.float32),
             slice_index=np.asarray(idx, dtype=np.int64),
