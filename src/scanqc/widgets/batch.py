@@ -78,8 +78,8 @@ def run_batch(
 
     Returns:
         Summary: ``n``, ``ok``, ``flagged``, ``error``, ``skipped``, ``cached``, ``seconds``,
-        ``out``, ``html``, ``findings`` (the three commonest warn/high warnings:
-        ``(code, severity, scans)``, :func:`scanqc.batch.report_html.findings_table`).
+        ``out``, ``html``, ``findings`` (the three most severe, then commonest, warn/high
+        warnings: ``(code, severity, scans)``, :class:`scanqc.batch.report_html.Findings`).
 
     Raises:
         scanqc.progress.Cancelled: ``cancel`` was set (the report keeps its rows).
