@@ -128,7 +128,8 @@ def test_findings_summarise_the_warnings_by_code_most_severe_first(tmp_path):
                                     ("fov_cut", "warn", 1), ("fov_cut", "info", 1)]
     text = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False).read_text()
     assert "<h2>Findings</h2>" in text
-    assert "<tr class='high'><td>no_anatomy</td><td>high</td><td>1</td></tr>" in text
+    assert "<tr class='high'><td>no_anatomy</td><td>high</td><td>1</td>" in text
+    assert "Almost nothing but air or background" in text  # what it means
     assert text.index("no_anatomy</td>") < text.index("metal_artifact</td>")
     info_only = [row(1, "no_spacing", "no_spacing (info): none")]
     text = write_html_report(info_only, tmp_path / "i.html", load_thumbnails=False).read_text()

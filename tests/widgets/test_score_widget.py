@@ -176,6 +176,8 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
                     timeout=20_000)
     items = [w.warnings_list.item(i).text() for i in range(w.warnings_list.count())]
     assert "dimension_unlike_references: a 2D image, the references are volumes" in items
+    tips = [w.warnings_list.item(i).toolTip() for i in range(w.warnings_list.count())]
+    assert any("probably the wrong series for this set" in tip for tip in tips)  # advice
     assert "no_spacing" in " ".join(items)  # the reader's note is still there
 
 

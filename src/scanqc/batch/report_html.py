@@ -42,6 +42,7 @@ tr.flagged{background:#fff1f0} tr.error{background:#fffbe6} tr.skipped{color:#88
 img.thumb{width:96px;height:96px;object-fit:contain;background:#000;margin-right:2px}
 .small{color:#666;font-size:12px}
 table.findings{width:auto;margin-bottom:1em} tr.high td{color:#b71c1c} tr.warn td{color:#8a5a00}
+td.advice{color:#444;max-width:48em}
 """
 
 
@@ -206,16 +207,19 @@ def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]
 
 
 def _findings_html(rows: Sequence[dict[str, Any]]) -> str:
+    from scanqc.scoring.advice import advice
+
     found = findings_table(rows)
     if not found:
         return ""
-    main = [f"<tr class='{_esc(s)}'><td>{_esc(c)}</td><td>{_esc(s)}</td><td>{n}</td></tr>"
+    main = [f"<tr class='{_esc(s)}'><td>{_esc(c)}</td><td>{_esc(s)}</td><td>{n}</td>"
+            f"<td class='advice'>{_esc(advice(c))}</td></tr>"
             for c, s, n in found if s != "info"]
     info = ", ".join(f"{_esc(c)} ({n})" for c, s, n in found if s == "info")
     return ("<h2>Findings</h2>"
             + ("<table class='findings'><thead><tr><th>warning</th><th>severity</th>"
-               "<th>scans</th></tr></thead><tbody>" + "".join(main) + "</tbody></table>"
-               if main else "")
+               "<th>scans</th><th>what it means</th></tr></thead><tbody>" + "".join(main)
+               + "</tbody></table>" if main else "")
             + (f"<p class='small'>notes (info): {info}</p>" if info else ""))
 
 

@@ -53,6 +53,7 @@ from qtpy.QtWidgets import (
 
 from scanqc.io.scan import SEVERITIES, ScanEntry, ScanWarning
 from scanqc.progress import CancelToken
+from scanqc.scoring.advice import advice
 from scanqc.widgets._overlays import SEVERITY_COLORS, clear_warning_overlay, show_warning_overlay
 from scanqc.widgets._present import (
     OWNER_KEY,
@@ -831,8 +832,10 @@ class ScoreWidget(QWidget):
             item.setIcon(self.style().standardIcon(_SEVERITY_ICONS.get(
                 w.severity, QStyle.SP_MessageBoxInformation)))
             item.setForeground(QBrush(QColor(SEVERITY_COLORS.get(w.severity, "#ffffff"))))
+            hint = advice(w.code)
             item.setToolTip(f"{w.severity}; region {w.region or '-'}; slices "
-                            f"{'-'.join(map(str, w.slices)) if w.slices else '-'}")
+                            f"{'-'.join(map(str, w.slices)) if w.slices else '-'}"
+                            + (f"\n{hint}" if hint else ""))
             item.setData(Qt.UserRole, list(w.slices) if w.slices else None)
             self.warnings_list.addItem(item)
         if text:
