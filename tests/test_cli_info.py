@@ -70,7 +70,8 @@ def test_info_checks_lists_the_qc_findings_without_the_model(folder, capsys, mon
     # an all-ones volume is constant: the high-severity finding, with its message
     const = [c for c in good["checks"] if c["code"] == "constant_image"]
     assert const and const[0]["severity"] == "high" and "every value is 1" in const[0]["message"]
-    assert {"code", "severity", "message", "slices", "region"} <= set(const[0])
+    assert {"code", "severity", "message", "slices", "region", "advice"} <= set(const[0])
+    assert const[0]["advice"].startswith("Every pixel has the same value")
     # a 10 x 10 PNG: the reader's note and the tiny-image check
     assert {"no_spacing", "tiny_image"} <= {c["code"] for c in png["checks"]}
     assert "entropy_bits" in png["metrics"]

@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also decode pixel data (slower; undecodable pixels -> status error)")
     p.add_argument("--checks", action="store_true",
                    help="also run the QC checks on each scan (implies --load; no model): "
-                        "'checks' lists code, severity, message, slices and region; "
+                        "'checks' lists code, severity, message, slices, region and "
+                        "advice (what it means); "
                         "'metrics' the image-quality measures")
     p.add_argument("--include-identifiers", action="store_true",
                    help="print folder and file names that hold the patient's name or an ID "
@@ -103,10 +104,12 @@ def check_record(entry: ScanEntry, scan: Scan) -> dict[str, Any]:
     """``checks`` and ``metrics`` of a loaded scan (``--checks``): the QC checks, no model."""
     import math
 
+    from scanqc.scoring.advice import advice
     from scanqc.scoring.checks import check_scan
 
     warnings, metrics = check_scan(scan)
-    checks = [{**w.to_dict(), "message": _text(w.message, entry)} for w in warnings]
+    checks = [{**w.to_dict(), "message": _text(w.message, entry), "advice": advice(w.code)}
+              for w in warnings]
     finite = {k: round(float(v), 6) for k, v in (metrics or {}).items()
               if isinstance(v, (int, float)) and math.isfinite(float(v))}
     return {"checks": checks, "metrics": finite}
