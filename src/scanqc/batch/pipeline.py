@@ -194,8 +194,7 @@ def prepare_entry(entry: ScanEntry, options: dict[str, Any]) -> dict[str, Any]:
         ``{"row": partial row, "slices": float32 (N, S, S) or None, "slice_index": (N,),
         "warnings": [ScanWarning], "content": str or None, "seconds": float}``. The row's
         ``acquisition`` is the scan's :class:`scanqc.scoring.acquisition.AcquisitionProfile`
-        as a dict. On failure
-        the row has status ``error`` and ``slices`` is None.
+        as a dict. On failure the row has status ``error`` and ``slices`` is None.
     """
     t0 = time.perf_counter()
     _trace_read(entry)
