@@ -159,13 +159,7 @@ class _Run:
         found = self._dup_index.add(str(row.get("path") or row.get("name") or ""), fp,
                                     key=str(row.get("scan_id") or "") or None)
         if found:
-            from scanqc.batch.pipeline import warnings_columns
-            from scanqc.scoring.checks import warnings_from_columns
-
-            had = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail")
-                                        or "", row.get("max_severity") or "info")
-            row["warnings"], row["warnings_detail"], row["max_severity"] = \
-                warnings_columns([*had, *found])
+            _rewrite_warnings(row, found)
 
     def _emit(self, row: dict[str, Any], count: bool = True) -> dict[str, Any]:
         self._duplicates(row)
@@ -318,13 +312,10 @@ class _Run:
         out = []
         splits = np.split(emb, np.cumsum(counts)[:-1])
         vectors = np.stack([pool_slices(s) for s in splits])
-        if self.refset is not None:
-            for _entry, res in items:
-                self._unlike_references(res)
         regions = self._regions(items, np.split(base, np.cumsum(counts)[:-1]))
         if self.refset is not None:
             for _entry, res in items:
-                self._region_unlike_references(res, regions.setdefault(id(res), {}))
+                self._unlike_references(res, regions.setdefault(id(res), {}))
             from scanqc.scoring.reference import score_against_references, slice_scores
 
             scores = score_against_references(
@@ -351,35 +342,27 @@ class _Run:
                 self._cache_put(row, res.get("content"), vec)
         return out
 
-    def _unlike_references(self, res: dict[str, Any]) -> None:
-        """Add the warnings of what makes this scan unlike every reference (once)."""
-        from scanqc.batch.pipeline import warnings_columns
-        from scanqc.scoring.acquisition import AcquisitionProfile, unlike_references
+    def _unlike_references(self, res: dict[str, Any], cols: dict[str, Any]) -> None:
+        """Add what makes this scan unlike every reference (acquisition, region), once.
 
-        if res.get("_compared") or not self._ref_profiles:
+        ``cols`` are the scan's region columns; the warnings columns are written there, so
+        they reach the row with them.
+        """
+        from scanqc.scoring.acquisition import AcquisitionProfile, unlike_references
+        from scanqc.scoring.region import region_unlike_references
+
+        if res.get("_compared"):
             return
         res["_compared"] = True
-        found = unlike_references(AcquisitionProfile.from_dict(res["row"].get("acquisition")),
-                                  self._ref_profiles)
+        found = [*unlike_references(AcquisitionProfile.from_dict(res["row"].get("acquisition")),
+                                    self._ref_profiles),
+                 *region_unlike_references(cols.get("region"), cols.get("region_confidence"),
+                                           self._ref_regions)]
         had = {w.code for w in res["warnings"]}
         found = [w for w in found if w.code not in had]  # e.g. short_coverage of the worker
         if found:
-            res["warnings"] = [*res["warnings"], *found]
-            row = res["row"] = dict(res["row"])
-            row["warnings"], row["warnings_detail"], row["max_severity"] = \
-                warnings_columns(res["warnings"])
+            from scanqc.batch.pipeline import warnings_columns
 
-    def _region_unlike_references(self, res: dict[str, Any], cols: dict[str, Any]) -> None:
-        """Add ``region_unlike_references`` (once) when the scan shows another region."""
-        from scanqc.batch.pipeline import warnings_columns
-        from scanqc.scoring.region import region_unlike_references
-
-        if res.get("_region_compared") or not cols.get("region"):
-            return
-        res["_region_compared"] = True
-        found = region_unlike_references(cols.get("region"), cols.get("region_confidence"),
-                                         self._ref_regions)
-        if found:
             res["warnings"] = [*res["warnings"], *found]
             cols["warnings"], cols["warnings_detail"], cols["max_severity"] = \
                 warnings_columns(res["warnings"])
@@ -430,13 +413,11 @@ class _Run:
         Recomputed over every held row, cached ones included: a resumed run replaces the
         ``*_unlike_dataset`` warnings its cache holds.
         """
-        from scanqc.batch.pipeline import warnings_columns
         from scanqc.scoring.acquisition import (
             AcquisitionProfile,
             typical_profiles,
             unlike_dataset,
         )
-        from scanqc.scoring.checks import warnings_from_columns
         from scanqc.scoring.region import region_unlike_dataset, typical_region
 
         profiles = [AcquisitionProfile.from_dict(row.get("acquisition")) for row, *_ in held]
@@ -447,14 +428,8 @@ class _Run:
             found = unlike_dataset(profile, typical) if typical else []
             found += region_unlike_dataset(row.get("region"), row.get("region_confidence"),
                                            region)
-            text = row.get("warnings") or ""
-            if not found and "_unlike_dataset" not in text:
-                continue
-            had = warnings_from_columns(text, row.get("warnings_detail") or "",
-                                        row.get("max_severity") or "info")
-            kept = [w for w in had if not w.code.endswith("_unlike_dataset")]
-            row["warnings"], row["warnings_detail"], row["max_severity"] = \
-                warnings_columns([*kept, *found])
+            if found or "_unlike_dataset" in (row.get("warnings") or ""):
+                _rewrite_warnings(row, found, drop="_unlike_dataset")
 
     def fallback_rows(self) -> list[dict[str, Any]]:
         """Second pass of the no-reference mode: kNN outlier scores for held rows."""
@@ -577,6 +552,19 @@ class _Run:
         if self.cache is not None:
             with contextlib.suppress(Exception):
                 self.cache.commit()
+
+
+def _rewrite_warnings(row: dict[str, Any], add: Sequence[Any], drop: str | None = None,
+                      ) -> None:
+    """Rewrite a finished row's warnings columns: codes ending in ``drop`` out, ``add`` in."""
+    from scanqc.batch.pipeline import warnings_columns
+    from scanqc.scoring.checks import warnings_from_columns
+
+    had = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
+                                row.get("max_severity") or "info")
+    kept = [w for w in had if not (drop and w.code.endswith(drop))]
+    row["warnings"], row["warnings_detail"], row["max_severity"] = \
+        warnings_columns([*kept, *add])
 
 
 def _severity_only(warnings: Sequence[Any]) -> list:

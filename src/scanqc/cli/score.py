@@ -300,8 +300,7 @@ def run(args: argparse.Namespace) -> int:
     writer = ReportWriter(args.out, fmt, resume=args.resume)
     bar = _Bar(not args.no_progress)
     counts = {"ok": 0, "error": 0, "skipped": 0, "flagged": 0, "cached": 0, "redacted": 0,
-              "exact_duplicate": 0, "near_duplicate": 0}
-    unlike: dict[str, int] = {}  # "resolution" -> scans with resolution_unlike_*
+              "exact_duplicate": 0, "near_duplicate": 0, "unlike": 0}
     from scanqc.batch.report_html import Findings
 
     found = Findings()
@@ -321,11 +320,7 @@ def run(args: argparse.Namespace) -> int:
             codes = str(row.get("warnings") or "").split(";")
             counts["exact_duplicate"] += "exact_duplicate" in codes
             counts["near_duplicate"] += "near_duplicate" in codes
-            for code in codes:
-                if "_unlike_" in code:
-                    kind = code.split("_unlike_")[0]
-                    unlike[kind] = unlike.get(kind, 0) + 1
-            counts["unlike"] = counts.get("unlike", 0) + any("_unlike_" in c for c in codes)
+            counts["unlike"] += any("_unlike_" in c for c in codes)
             if row.get("flagged"):
                 counts["flagged"] += 1
                 flagged_paths[str(row["scan_id"])] = tuple(row.get("_paths") or ())
@@ -368,6 +363,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"scanqc: {counts['exact_duplicate']} exact and {counts['near_duplicate']} near "
               "duplicates of an earlier scan (warnings exact_duplicate, near_duplicate: each "
               "names the scan it copies)", file=sys.stderr)
+    unlike: dict[str, int] = {}  # "resolution" -> scans with resolution_unlike_*
+    for code, _sev, n in found.table():
+        if "_unlike_" in code:
+            kind = code.split("_unlike_")[0]
+            unlike[kind] = unlike.get(kind, 0) + n
     if unlike:
         what = ("the references" if refs is not None
                 else "the dataset's typical scans (info: no references were given)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from scanqc.io.intensity import normalize
 from scanqc.io.scan import Scan
-from scanqc.scoring.reference import FEW_REFERENCES
+from scanqc.scoring.reference import few_references_note
 
 #: ``layer.metadata`` key marking layers the Dataset dock owns (replaced on the next scan).
 OWNER_KEY = "scanqc_owner"
@@ -152,6 +152,6 @@ def make_thumbnail(scan: Scan, size: int = 48) -> np.ndarray:
 
 def few_references_hint(n: int) -> str:
     """The docks' caution for 2-4 references (the threshold is their own spread), or ""."""
-    if 2 <= n < FEW_REFERENCES:
-        return ": few, so the threshold (their spread) is too tight; mark 10-30"
-    return ""
+    if few_references_note(n) is None:
+        return ""
+    return ": few, so the threshold (their spread) is too tight; mark 10-30"
