@@ -360,3 +360,69 @@ def test_labels_of_a_patient_named_folder_keep_no_names(qtbot, make_napari_viewe
         paths = [r.path for r in store.all()]
     assert len(paths) == len(ids) and "[redacted]/garbage.dcm" in paths
     assert not find_planted("\n".join(paths).encode())
+
+
+def _scan(shape: tuple[int, ...], spacing: tuple[float, ...], name: str, *, rgb: bool = False,
+          dtype: type = np.uint16, seed: int = 0):
+    from scanqc.io.scan import Scan
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 250 if dtype is np.uint8 else 4000, shape).astype(dtype)
+    n = len(shape) - (1 if rgb else 0)
+    affine = np.eye(4)
+    for ax in range(n):
+        affine[ax, ax] = spacing[ax]
+    affine[:3, 3] = (5.0, -7.0, 11.0)
+    return Scan(data=data, spacing=spacing, affine=affine,
+                kind="volume" if n == 3 else "image", modality="MR" if n == 3 else "CR",
+                scan_id=name, name=name, rgb=rgb)
+
+
+def _props(layer) -> dict:
+    return {
+        "data": layer.data, "scale": tuple(layer.scale), "translate": tuple(layer.translate),
+        "contrast_limits": None if layer.rgb else tuple(layer.contrast_limits),
+        "colormap": layer.colormap.name, "name": layer.name, "rgb": layer.rgb,
+        "scan_id": layer.metadata["scanqc"]["scan_id"], "owner": layer.metadata[OWNER_KEY],
+    }
+
+
+def test_next_scan_updates_the_image_layer_in_place(make_napari_viewer) -> None:
+    """Stepping to a scan of the same kind updates the layer (no removal, which costs
+    ~150 ms of garbage collection in napari); the result equals a freshly added layer."""
+    from scanqc.widgets._present import scan_to_layer_kwargs, show_scan
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_image(np.zeros((4, 4)), name="mine")  # never touched
+    a = _scan((100, 120), (0.2, 0.2), "a.dcm")
+    b = _scan((80, 60), (0.5, 0.25), "b.png", dtype=np.uint8, seed=1)
+    first = show_scan(viewer, a)
+    second = show_scan(viewer, b)
+    assert second is first and owned_layers(viewer) == [second]
+    data, kwargs = scan_to_layer_kwargs(b)
+    fresh = viewer.add_image(data, **{**kwargs, "name": "fresh"})
+    got, want = _props(second), _props(fresh)
+    assert got.pop("data") is b.data and want.pop("data") is b.data
+    assert got.pop("name") == "b.png" and want.pop("name") == "fresh"
+    assert got == want
+    viewer.layers.remove(fresh)
+
+    # a volume: another number of dimensions -> a new layer, at the volume's middle slice
+    c = _scan((30, 40, 50), (3.0, 1.0, 1.0), "c.nii.gz", seed=2)
+    third = show_scan(viewer, c)
+    assert third is not second and owned_layers(viewer) == [third]
+    assert viewer.dims.current_step[0] == 15
+    # another volume of another shape: updated in place, also at its middle slice
+    viewer.dims.set_current_step(0, 3)
+    d = _scan((12, 40, 50), (2.0, 1.0, 1.0), "d.nii.gz", seed=3)
+    fourth = show_scan(viewer, d)
+    assert fourth is third and fourth.data is d.data and tuple(fourth.scale) == d.spacing
+    assert viewer.dims.current_step[0] == 6
+    # the same geometry again: the slice the user is on is kept
+    viewer.dims.set_current_step(0, 2)
+    e = _scan((12, 40, 50), (2.0, 1.0, 1.0), "e.nii.gz", seed=4)
+    assert show_scan(viewer, e) is third and viewer.dims.current_step[0] == 2
+    # colour: a new layer
+    f = _scan((20, 30, 3), (1.0, 1.0), "f.jpg", rgb=True, dtype=np.uint8)
+    assert show_scan(viewer, f).rgb and owned_layers(viewer)[0] is not third
+    assert mine in viewer.layers and len(owned_layers(viewer)) == 1

@@ -165,6 +165,11 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
     layers = overlay_layers(viewer)
     assert len(layers) == 1 and layers[0].name == "blank.nii.gz QC warnings"
     assert viewer.layers[-1] is layers[0]  # drawn above the image
+    # the Dataset dock shows the image after the details arrived: drawn above it again
+    viewer.add_image(np.zeros((4, 4)), name="late image")
+    w.state.scan_shown.emit(blank.scan_id)
+    layers = overlay_layers(viewer)
+    assert len(layers) == 1 and viewer.layers[-1] is layers[0]
     assert len(engine_calls) == 1
 
     # a 2D image among volume references: the engine's reason is listed with the worker's

@@ -68,21 +68,57 @@ def go_to_slice(viewer: Any, layer: Any, index: int) -> None:
 
 
 def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
-    """Show ``scan`` in ``viewer``, replacing the previous scan's layers of ``owner``.
+    """Show ``scan`` in ``viewer`` in place of the previous scan's layer of ``owner``.
+
+    When the previous scan's image layer has the same number of dimensions and the same
+    colour mode, that layer is updated in place (data, scale, translate, contrast, name,
+    metadata): removing a napari layer costs a full garbage collection (~150 ms), which
+    made stepping through a dataset with the arrow keys sluggish. Otherwise the old layers
+    are removed and a new one is added. A scan of another shape resets the view and, for
+    a volume, goes to its middle slice.
 
     Returns:
-        The new image layer.
+        The image layer that shows ``scan``.
     """
     data, kwargs = scan_to_layer_kwargs(scan, owner)
     old = owned_layers(viewer, owner)
-    same_geometry = bool(old) and old[0].data.shape == data.shape and \
-        old[0].rgb == kwargs.get("rgb", False)
-    for layer in old:
-        viewer.layers.remove(layer)
-    layer = viewer.add_image(data, **kwargs)
+    rgb = bool(kwargs.get("rgb", False))
+    same_geometry = bool(old) and old[0].data.shape == data.shape and old[0].rgb == rgb and \
+        tuple(old[0].scale) == tuple(kwargs["scale"])
+    if len(old) == 1 and _reusable(old[0], data, rgb):
+        layer = old[0]
+        _update_layer(layer, data, kwargs)
+    else:
+        for stale in old:
+            viewer.layers.remove(stale)
+        layer = viewer.add_image(data, **kwargs)
     if not same_geometry:
         viewer.reset_view()
+        if layer.ndim >= 3 and not rgb:
+            go_to_slice(viewer, layer, data.shape[0] // 2)
     return layer
+
+
+def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
+    """True when ``layer`` can show ``data`` by an in-place update (see :func:`show_scan`)."""
+    spatial = data.ndim - (1 if rgb else 0)
+    return (getattr(layer, "_type_string", "") == "image" and not layer.multiscale
+            and bool(layer.rgb) == rgb and layer.ndim == spatial)
+
+
+def _update_layer(layer: Any, data: np.ndarray, kwargs: dict[str, Any]) -> None:
+    """Make ``layer`` what ``viewer.add_image(data, **kwargs)`` would have made."""
+    layer.metadata = kwargs["metadata"]  # first: listeners of the data event see the new scan
+    layer.data = data
+    layer.scale = kwargs["scale"]
+    layer.translate = kwargs["translate"]
+    if "contrast_limits" in kwargs:
+        limits = tuple(float(v) for v in kwargs["contrast_limits"])
+        layer.contrast_limits_range = limits
+        layer.contrast_limits = limits
+    if "colormap" in kwargs:
+        layer.colormap = kwargs["colormap"]
+    layer.name = kwargs["name"]
 
 
 def _text_overlay(viewer: Any) -> Any:

@@ -144,6 +144,7 @@ class ViewerState:
     entries_added = Signal(object)  # list of scan_ids appended while a dataset is read
     rows_changed = Signal(object)  # list of scan_ids, or None for "all"
     current_changed = Signal(object)  # scan_id or None
+    scan_shown = Signal(object)  # scan_id whose image the Dataset dock has just shown
 
     def __init__(self) -> None:
         self.root: Path | None = None

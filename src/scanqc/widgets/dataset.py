@@ -616,6 +616,7 @@ class DatasetWidget(QWidget):
             return  # the user moved on
         self._loading = None
         show_scan(self.viewer, scan)
+        self.state.scan_shown.emit(scan_id)
         row = self.state.rows.get(scan_id, {})
         if not row.get("shape"):
             self.state.update_rows([{"scan_id": scan_id,

@@ -56,7 +56,6 @@ from scanqc.progress import CancelToken
 from scanqc.scoring.advice import advice
 from scanqc.widgets._overlays import SEVERITY_COLORS, clear_warning_overlay, show_warning_overlay
 from scanqc.widgets._present import (
-    OWNER_KEY,
     few_references_hint,
     go_to_slice,
     label_banner,
@@ -494,7 +493,7 @@ class ScoreWidget(QWidget):
         self.state.current_changed.connect(self._on_current_changed)
         self.state.rows_changed.connect(self._on_rows_changed)
         self.state.dataset_changed.connect(self._on_dataset_changed)
-        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.state.scan_shown.connect(self._on_scan_shown)
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
         for b in (self.train_btn, self.score_btn, self.score_one_btn):
@@ -787,10 +786,8 @@ class ScoreWidget(QWidget):
     def _image_layer(self, scan_id: str | None) -> Any:
         return scan_layer(self.viewer, scan_id)
 
-    def _on_layer_inserted(self, event: Any) -> None:
-        layer = event.value
-        if self.details is not None and layer.metadata.get(OWNER_KEY) == "dataset" and \
-                (layer.metadata.get("scanqc") or {}).get("scan_id") == self.details.scan_id:
+    def _on_scan_shown(self, scan_id: Any) -> None:
+        if self.details is not None and scan_id == self.details.scan_id:
             self._draw_overlay()  # above the newly shown image
             self._update_current_view()
 
@@ -859,7 +856,8 @@ class ScoreWidget(QWidget):
         self._drop_context()
         for sig, slot in ((self.state.current_changed, self._on_current_changed),
                           (self.state.rows_changed, self._on_rows_changed),
-                          (self.state.dataset_changed, self._on_dataset_changed)):
+                          (self.state.dataset_changed, self._on_dataset_changed),
+                          (self.state.scan_shown, self._on_scan_shown)):
             with contextlib.suppress(Exception):  # already gone
                 sig.disconnect(slot)
         super().closeEvent(event)
