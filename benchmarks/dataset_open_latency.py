@@ -17,6 +17,12 @@ readable scans of the table are stepped through, after one warm-up step. Prints 
 object per run and a markdown row: median, 90th percentile and maximum latency, the time
 spent in :func:`scanqc.widgets._present.show_scan` (median), and how many steps replaced
 the image layer instead of updating it.
+
+``--review`` is the review of flagged scans: the Score dock is opened too, the dataset is
+scored first (*Score dataset*, kNN fallback without references), and the flagged scans are
+stepped through in table order. Besides the image, each step then waits for the dock's
+details of the scan (its warnings listed and drawn on the canvas); ``details`` figures are
+the time from the selection until they are shown.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def _wait(app, cond, timeout: float) -> bool:
     return True
 
 
-def run(folder: Path, n: int, timeout: float) -> dict:
+def run(folder: Path, n: int, timeout: float, review: bool = False) -> dict:
     """Step through the first ``n`` readable scans of ``folder``; the measured figures."""
     import napari
     import numpy as np
@@ -73,9 +79,20 @@ def run(folder: Path, n: int, timeout: float) -> dict:
     if not _wait(app, lambda: widget._discovery is None and not widget.state.loading
                  and widget.model.rowCount() > 0, timeout):
         raise SystemExit(f"{folder}: not listed within {timeout} s")
+    score = None
+    if review:
+        from scanqc.widgets.score import ScoreWidget
+
+        score = ScoreWidget(viewer)
+        viewer.window.add_dock_widget(score, name="Score", area="right")
+        score.score_dataset()
+        if not _wait(app, lambda: score.run_status not in ("idle", "running"), 600):
+            raise SystemExit("scoring did not finish within 600 s")
     ids = [widget.proxy.index(r, 1).data(256 + 2) for r in range(widget.proxy.rowCount())]
     ids = [s for s in ids if widget.state.entry(s) is not None
-           and widget.state.entry(s).status == "ok"][: n + 1]
+           and widget.state.entry(s).status == "ok"
+           and (score is None or widget.state.rows.get(s, {}).get("flagged"))][: n + 1]
+    details: list[float] = []
     layers_seen: set[int] = set()
     latencies: list[float] = []
     missed = 0
@@ -92,10 +109,16 @@ def run(folder: Path, n: int, timeout: float) -> dict:
         if not ok:
             missed += 1
             continue
+        if i > 0:
+            latencies.append(time.perf_counter() - t0)
+        if score is not None and _wait(
+                app, lambda sid=sid: score.details is not None and score.details.scan_id == sid,
+                30.0):
+            app.processEvents()
+            if i > 0:
+                details.append(time.perf_counter() - t0)
         if i == 0:
             shows.clear()
-        else:
-            latencies.append(time.perf_counter() - t0)
         layers_seen.update(id(ly) for ly in owned_layers(viewer))
     widget.close()
     viewer.close()
@@ -110,6 +133,10 @@ def run(folder: Path, n: int, timeout: float) -> dict:
         "max_ms": round(float(lat.max()), 1) if lat.size else None,
         "show_scan_median_ms": round(float(np.median(shows)) * 1000, 1) if shows else None,
         "image_layers_created": len(layers_seen),
+        "review": review,
+        "details_median_ms": round(float(np.median(details)) * 1000, 1) if details else None,
+        "details_p90_ms": round(float(np.percentile(details, 90)) * 1000, 1)
+        if details else None,
         "load": "/".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
@@ -119,16 +146,21 @@ def main() -> int:
     ap.add_argument("folder", nargs="?", type=Path, default=DEFAULT)
     ap.add_argument("--n", type=int, default=60, help="scans stepped through (default 60)")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--review", action="store_true",
+                    help="score the dataset in the Score dock, then step through the flagged "
+                         "scans and also wait for their details")
     args = ap.parse_args()
     if not args.folder.exists():
         print(f"{args.folder}: not found (../shared/data absent?)", file=sys.stderr)
         return 2
-    r = run(args.folder, args.n, args.timeout)
+    r = run(args.folder, args.n, args.timeout, args.review)
     print(json.dumps(r))
-    print("| folder | steps | median | p90 | max | show_scan median | image layers created |")
-    print("|---|---|---|---|---|---|---|")
+    print("| folder | steps | median | p90 | max | show_scan median | image layers created | "
+          "details median / p90 |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {Path(r['folder']).name} | {r['steps']} | {r['median_ms']} ms | {r['p90_ms']} ms "
-          f"| {r['max_ms']} ms | {r['show_scan_median_ms']} ms | {r['image_layers_created']} |")
+          f"| {r['max_ms']} ms | {r['show_scan_median_ms']} ms | {r['image_layers_created']} | "
+          f"{r['details_median_ms']} / {r['details_p90_ms']} ms |")
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {r['load']}")
     return 0

@@ -388,8 +388,8 @@ def _props(layer) -> dict:
 
 
 def test_next_scan_updates_the_image_layer_in_place(make_napari_viewer) -> None:
-    """Stepping to a scan of the same kind updates the layer (no removal, which costs
-    ~150 ms of garbage collection in napari); the result equals a freshly added layer."""
+    """Stepping to the next gray scan updates the layer (no removal, which costs ~150 ms
+    of garbage collection in napari); the result equals a freshly added layer."""
     from scanqc.widgets._present import scan_to_layer_kwargs, show_scan
 
     viewer = make_napari_viewer()
@@ -407,11 +407,18 @@ def test_next_scan_updates_the_image_layer_in_place(make_napari_viewer) -> None:
     assert got == want
     viewer.layers.remove(fresh)
 
-    # a volume: another number of dimensions -> a new layer, at the volume's middle slice
+    # a volume: the same layer, now 3D, at the volume's middle slice, as a fresh layer
     c = _scan((30, 40, 50), (3.0, 1.0, 1.0), "c.nii.gz", seed=2)
     third = show_scan(viewer, c)
-    assert third is not second and owned_layers(viewer) == [third]
+    assert third is second and owned_layers(viewer) == [third] and third.ndim == 3
     assert viewer.dims.current_step[0] == 15
+    data, kwargs = scan_to_layer_kwargs(c)
+    fresh = viewer.add_image(data, **{**kwargs, "name": "fresh"})
+    got, want = _props(third), _props(fresh)
+    assert got.pop("data") is want.pop("data") is c.data
+    assert got.pop("name") == "c.nii.gz" and want.pop("name") == "fresh"
+    assert got == want and third.extent.world.tolist() == fresh.extent.world.tolist()
+    viewer.layers.remove(fresh)
     # another volume of another shape: updated in place, also at its middle slice
     viewer.dims.set_current_step(0, 3)
     d = _scan((12, 40, 50), (2.0, 1.0, 1.0), "d.nii.gz", seed=3)
@@ -422,7 +429,8 @@ def test_next_scan_updates_the_image_layer_in_place(make_napari_viewer) -> None:
     viewer.dims.set_current_step(0, 2)
     e = _scan((12, 40, 50), (2.0, 1.0, 1.0), "e.nii.gz", seed=4)
     assert show_scan(viewer, e) is third and viewer.dims.current_step[0] == 2
-    # colour: a new layer
+    # colour: a new layer; back to gray: a new layer again
     f = _scan((20, 30, 3), (1.0, 1.0), "f.jpg", rgb=True, dtype=np.uint8)
     assert show_scan(viewer, f).rgb and owned_layers(viewer)[0] is not third
+    assert not show_scan(viewer, a).rgb and viewer.dims.ndim == 2
     assert mine in viewer.layers and len(owned_layers(viewer)) == 1

@@ -70,12 +70,12 @@ def go_to_slice(viewer: Any, layer: Any, index: int) -> None:
 def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
     """Show ``scan`` in ``viewer`` in place of the previous scan's layer of ``owner``.
 
-    When the previous scan's image layer has the same number of dimensions and the same
-    colour mode, that layer is updated in place (data, scale, translate, contrast, name,
-    metadata): removing a napari layer costs a full garbage collection (~150 ms), which
-    made stepping through a dataset with the arrow keys sluggish. Otherwise the old layers
-    are removed and a new one is added. A scan of another shape resets the view and, for
-    a volume, goes to its middle slice.
+    When the previous scan's image layer has the same colour mode (gray or RGB), that layer
+    is updated in place (data, scale, translate, contrast, name, metadata; napari follows a
+    change between 2D and 3D): removing a napari layer costs a full garbage collection
+    (~150-250 ms), which made stepping through a dataset with the arrow keys sluggish.
+    Otherwise the old layers are removed and a new one is added. A scan of another shape
+    resets the view and, for a volume, goes to its middle slice.
 
     Returns:
         The image layer that shows ``scan``.
@@ -85,7 +85,7 @@ def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
     rgb = bool(kwargs.get("rgb", False))
     same_geometry = bool(old) and old[0].data.shape == data.shape and old[0].rgb == rgb and \
         tuple(old[0].scale) == tuple(kwargs["scale"])
-    if len(old) == 1 and _reusable(old[0], data, rgb):
+    if len(old) == 1 and _reusable(old[0], rgb):
         layer = old[0]
         _update_layer(layer, data, kwargs)
     else:
@@ -99,11 +99,10 @@ def show_scan(viewer: Any, scan: Scan, owner: str = "dataset") -> Any:
     return layer
 
 
-def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
-    """True when ``layer`` can show ``data`` by an in-place update (see :func:`show_scan`)."""
-    spatial = data.ndim - (1 if rgb else 0)
+def _reusable(layer: Any, rgb: bool) -> bool:
+    """True when ``layer`` can show a scan by an in-place update (see :func:`show_scan`)."""
     return (getattr(layer, "_type_string", "") == "image" and not layer.multiscale
-            and bool(layer.rgb) == rgb and layer.ndim == spatial)
+            and bool(layer.rgb) == rgb)
 
 
 def _update_layer(layer: Any, data: np.ndarray, kwargs: dict[str, Any]) -> None:
