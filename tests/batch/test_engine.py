@@ -121,6 +121,23 @@ def test_progress_reports_total(tmp_path):
     assert seen[-1][0] == 4 and {t for _d, t in seen if t} == {4}
 
 
+def test_progress_names_the_scoring_phase_after_the_references(tmp_path):
+    """The console bar and the docks label a run by its last phase message: with
+    references the scans were counted under "references" (the phase before)."""
+    from scanqc.cli.score import _PHASES
+
+    root = make_dataset(tmp_path / "ds", n_vol=4, n_img=0, corrupt=False)
+    refs = [str(root / "sub" / f"vol{i}.nii.gz") for i in range(2)]
+    seen = []
+    score_all([root], references=refs, config=config(),
+              progress=lambda d, t, m: seen.append((d, t, m)))
+    refs_at = [m for _d, _t, m in seen].index("reading references")
+    first_row = next(i for i, (d, t, _m) in enumerate(seen) if i > refs_at and d > 0 and t == 4)
+    phases = [m for _d, _t, m in seen[refs_at:first_row] if m in _PHASES]
+    assert phases[0] == "reading references" and phases[-1] == "scoring"
+    assert seen[-1][:2] == (4, 4)
+
+
 def test_resume_scores_each_scan_exactly_once(tmp_path):
     root = make_dataset(tmp_path / "ds", n_vol=5, n_img=3)
     refs = [str(write_volume(tmp_path / f"ref{i}.nii.gz", 50 + i)) for i in range(2)]

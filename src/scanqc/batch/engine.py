@@ -481,6 +481,7 @@ class _Run:
         use_cache = self.cache is not None
         if references:
             self.build_references(references, entries)
+            report(self.progress, 0, self.total, "scoring")  # the phase after the references
         runner = self._runner(use_cache)
         queue = deque(entries if isinstance(runner, InlineRunner) else largest_first(entries))
         batch: list[tuple[ScanEntry, dict[str, Any]]] = []
