@@ -9,9 +9,10 @@ has a ``warn`` or ``high`` warning, and as flagged (the stricter count) only in 
 two cases. Series rows are matched to their files by folder.
 ``--include-identifiers`` keeps the folder names the report would otherwise redact, so
 that the paths match. Prints a markdown table per flag (files, found, the first missed
-files) and the clean files (no flag) with a finding. Flags that describe a property, not
-a defect (fractures, augmented copies, lossy or multi-frame encodings, DICOMDIR indexes)
-are left out (:data:`NOT_DEFECTS`).
+files) and the clean files with a finding (their warn and high codes), with a count per
+code. Flags that describe a property, not a defect (fractures, augmented copies, lossy or
+multi-frame encodings, DICOMDIR indexes) are left out (:data:`NOT_DEFECTS`): a file with
+only such flags is clean (the 521 radiographs of region_xr_v1 among them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ def _flagged(row: dict) -> bool:
 
 def _found(row: dict) -> bool:
     return _flagged(row) or row["max_severity"] in ("warn", "high")
+
+
+def _major(row: dict) -> str:
+    """The warn and high warning codes of a row (what made it a finding)."""
+    from scanqc.scoring.checks import warnings_from_columns
+
+    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
+                                  row.get("max_severity") or "warn")
+    return ";".join(dict.fromkeys(f"{w.code} ({w.severity})" for w in found
+                                  if w.severity in ("warn", "high")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             unmatched += 1
             continue
         found = _found(row)
-        if not flags:
+        defects = [f for f in flags.split(";") if f and f not in NOT_DEFECTS]
+        if not defects:  # no flag, or only properties (fractures, augmented copies ...)
             clean += 1
             if found:
-                clean_found.append(f"{path} ({row['warnings'] or row['status']})")
+                clean_found.append((path, _major(row) or row["status"]))
         for flag in (f for f in flags.split(";") if f and f not in NOT_DEFECTS):
             s = stats[flag]
             s[0] += 1
@@ -91,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfiles with a manifest flag (counted per flag): {n_found} of {n_bad} found, "
           f"{n_flagged} flagged or refused; clean files with a finding: {len(clean_found)} of "
           f"{clean}; manifest rows without a report row: {unmatched}")
-    for line in clean_found:
-        print(f"  clean with a finding: {line}")
+    per_code = collections.Counter(c for _p, codes in clean_found for c in codes.split(";"))
+    if per_code:
+        print("  by finding: " + ", ".join(f"{c} {k}" for c, k in per_code.most_common()))
+    for path, codes in clean_found:
+        print(f"  clean with a finding: {path} ({codes})")
     return 0
 
 

@@ -136,3 +136,25 @@ def test_findings_summarise_the_warnings_by_code_most_severe_first(tmp_path):
     assert "notes (info): no_spacing (1)" in text and "class='findings'" not in text
     assert "<h2>Findings</h2>" not in write_html_report(
         [row(1, "", "")], tmp_path / "e.html", load_thumbnails=False).read_text()
+
+
+def test_ties_at_the_top_score_go_by_distance_and_info_notes_are_condensed(tmp_path):
+    def row(i, score, dist, codes, detail):
+        return {"scan_id": f"s{i}", "path": f"scan{i}.png", "name": f"scan{i}.png",
+                "status": "ok", "bad_score": score, "flagged": score > 0.5,
+                "mean_distance": dist, "threshold": 0.04, "warnings": codes,
+                "warnings_detail": detail}
+
+    note = "no_spacing (info): image file has no pixel size"
+    rows = [row(0, 1.0, 0.044, "no_spacing", note),
+            row(1, 1.0, 0.052, "no_spacing;dark", f"{note} | dark (warn): dark image"),
+            row(2, 0.2, 0.030, "no_spacing", note),
+            row(3, 1.0, 0.048, "", "")]
+    text = write_html_report(rows, tmp_path / "r.html", load_thumbnails=False).read_text()
+    table = text.split("<th>images</th>", 1)[1]
+    order = [table.index(f"scan{i}.png") for i in (1, 3, 0, 2)]
+    assert order == sorted(order)  # saturated scores: the farthest first
+    cell = table.split("scan1.png", 2)[2].split("</tr>")[0]
+    assert "<b>dark</b>" in cell and "dark (warn): dark image" in cell
+    assert "notes: no_spacing" in cell and "<b>no_spacing" not in cell
+    assert "title='no_spacing: image file has no pixel size'" in cell  # the note's message

@@ -160,3 +160,35 @@ def test_localizer_from_header_description_and_thickness():
     plain = Scan(img, (1.0, 1.0), np.eye(4), "image", modality="CT",
                  metadata={"SeriesDescription": "Abdomen 3.0 B30f", "SliceThickness": 3})
     assert fov.check_localizer(plain) == []
+
+
+
+def _air_film_with_marker(seed: int = 0) -> Scan:
+    """An 8-bit film of air noise only, a dark border strip and a saturated side marker."""
+    rng = np.random.default_rng(seed)
+    img = np.full((320, 180), 2.0) + rng.normal(0, 3, (320, 180))
+    img[:, 170:] = 0
+    img[270:300, 10:40] = 250.0  # the "R" marker
+    return Scan(np.clip(img, 0, 255).astype(np.uint8), (0.2, 0.2), np.eye(4), "image",
+                modality="CR")
+
+
+def test_air_and_a_side_marker_stay_no_anatomy():
+    """The second split below a small bright cluster (see the next test) does not turn the
+    air noise of an empty film into anatomy."""
+    ws = fov.check_no_anatomy(_air_film_with_marker())
+    assert ws and ws[0].code == "no_anatomy"
+
+
+def test_a_side_marker_does_not_hide_the_anatomy_of_a_full_film(shared_data):
+    """A saturated side marker took Otsu's split from wrist films whose anatomy fills the
+    film: three films of region_xr_v1 read as 'no anatomy' (one high)."""
+    from scanqc.io.discover import discover
+    from scanqc.io.load import load_scan
+    from scanqc.scoring.body_mask import prepare
+
+    for name in ("wrist_rf568_image1_2136_png.png", "wrist_rf569_image1_2151_png.png",
+                 "wrist_rf549_image1_1159_png.png"):
+        scan = load_scan(discover([str(shared_data / "region_xr_v1" / name)])[0])
+        assert fov.check_no_anatomy(scan) == [], name
+        assert prepare(scan).body_fraction > 0.5, name

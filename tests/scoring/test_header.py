@@ -82,6 +82,10 @@ def test_header_regions_from_keywords():
     assert regions(BodyPartExamined="BREAST") == {"breast"}
     assert regions(StudyDescription="CT BRAIN W/O") == {"head"}
     assert regions(ProtocolName="WholeBody PET") == {"whole body"}
+    # a total-body CT of pylibjpeg-data: its protocol (Italian) also names the cranium
+    assert regions(BodyPartExamined="TOTAL B") == {"whole body"}
+    assert regions(ProtocolName="COLLO CRANIO TOTBODY SENZA E CON") == {"whole body"}
+    assert regions(BodyPartExamined="TOTALE") == frozenset()
     assert regions(BodyPartExamined="") == frozenset()
 
 

@@ -147,12 +147,44 @@ def _href(row: dict[str, Any], root: str | None, out_dir: Path) -> str:
     return quote(Path(rel).as_posix(), errors="surrogateescape")
 
 
-def _order(row: dict[str, Any]) -> tuple:
+def _finite(value: object, default: float = -1.0) -> float:
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else default
+
+
+def _order(row: dict[str, Any], distance: str = "mean_distance") -> tuple:
+    """Flagged, then scored, error and skipped rows; by bad score, then by distance.
+
+    The distance breaks the ties of the bad scores that saturate at 1.0 (scans far from
+    every reference, or forced by a high-severity warning), so the farthest come first.
+    """
     status = row.get("status") or ""
-    score = row.get("bad_score")
-    score = float(score) if isinstance(score, (int, float)) and np.isfinite(score) else -1.0
     group = 0 if row.get("flagged") else 1 if status == "ok" else 2 if status == "error" else 3
-    return group, -score, str(row.get("path") or "")
+    return (group, -_finite(row.get("bad_score")), -_finite(row.get(distance)),
+            str(row.get("path") or ""))
+
+
+def _warnings_cell(row: dict[str, Any]) -> str:
+    """The warnings cell: warn/high codes in bold with their messages; info notes below.
+
+    Info notes (a PNG without pixel size, the cut border of a radiograph) are listed by
+    code only, their messages in the tooltip, so the findings that matter stand out.
+    """
+    from scanqc.scoring.checks import warnings_from_columns
+
+    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
+                                  row.get("max_severity") or "warn")
+    major = [w for w in found if w.severity != "info"]
+    notes = [w for w in found if w.severity == "info"]
+    codes = ";".join(dict.fromkeys(w.code for w in major))
+    out = f"<b>{_esc(codes)}</b>" if codes else ""
+    if major:
+        out += "<div class='small'>" + _esc(" | ".join(
+            f"{w.code} ({w.severity}): {w.message}" for w in major)) + "</div>"
+    if notes:
+        tip = " | ".join(f"{w.code}: {w.message}" for w in notes)
+        out += (f"<div class='small note' title='{_esc(tip)}'>notes: "
+                f"{_esc(', '.join(dict.fromkeys(w.code for w in notes)))}</div>")
+    return out
 
 
 def _fmt_float(value: object) -> str:
@@ -255,7 +287,8 @@ def write_html_report(
     """
     path = Path(path)
     out_dir = path.parent
-    rows = sorted(rows, key=_order)
+    col = f"{statistic}_distance" if statistic in ("mean", "min") else "mean_distance"
+    rows = sorted(rows, key=lambda r: _order(r, col))
     n = len(rows)
     n_ok = sum(r.get("status") == "ok" for r in rows)
     n_err = sum(r.get("status") == "error" for r in rows)
@@ -263,7 +296,6 @@ def write_html_report(
     n_flag = sum(bool(r.get("flagged")) for r in rows)
     n_dup = sum(bool({"exact_duplicate", "near_duplicate"} & set(
         str(r.get("warnings") or "").split(";"))) for r in rows)
-    col = f"{statistic}_distance" if statistic in ("mean", "min") else "mean_distance"
     dist = [r.get(col) for r in rows if isinstance(r.get(col), (int, float))]
     thr_vals = [r.get("threshold") for r in rows if isinstance(r.get("threshold"), (int, float))]
     refset = {r.get("reference_set_id") for r in rows if r.get("reference_set_id")}
@@ -315,7 +347,9 @@ def write_html_report(
             except Exception as exc:  # noqa: BLE001 - a thumbnail never breaks the report
                 log.debug("no thumbnail for %s: %s", row.get("path"), exc)
         href = _href(row, root, out_dir)
-        detail = row.get("error") if status != "ok" else row.get("warnings_detail")
+        cell = _warnings_cell(row)
+        if status != "ok":
+            cell = f"<div class='small'>{_esc(row.get('error'))}</div>{cell}"
         region = row.get("region") or ""
         if row.get("region_mismatch"):
             region = f"{region} (header: {row.get('header_region') or '?'})"
@@ -328,8 +362,7 @@ def write_html_report(
             f"{_esc(row.get('modality'))} {_esc(row.get('shape'))}</div></td>"
             f"<td>{_esc(status)}{' &#9873;' if row.get('flagged') else ''}</td>"
             f"<td>{_esc(row.get('bad_score'))}</td><td>{_esc(row.get(col))}</td>"
-            f"<td class='wrap'><b>{_esc(row.get('warnings'))}</b>"
-            f"<div class='small'>{_esc(detail)}</div></td>"
+            f"<td class='wrap'>{cell}</td>"
             f"<td>{_esc(region)}</td>"
             + (f"<td>{_esc(_fmt_float(row.get('asymmetry_score')))}</td>" if has_asym else "")
             + "</tr>"

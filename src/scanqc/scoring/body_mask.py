@@ -39,6 +39,12 @@ MIN_COMPONENT_FRACTION = 0.1
 SAMPLE = 65536
 #: CT body threshold in Hounsfield units.
 CT_BODY_HU = -500.0
+#: A body mask under this fraction of the image is checked for a split taken by a small
+#: bright cluster (see :func:`prepare`); the fraction of ``fov.MOSTLY_AIR_FRACTION``.
+SMALL_MASK_FRACTION = 0.03
+#: The second split counts only when its two classes differ by this much (window units):
+#: air noise under a marker differs by ~0.02, anatomy from its background by 0.1 or more.
+MIN_SPLIT_CONTRAST = 0.05
 
 
 def meta_get(scan: Scan, *keys: str, default: Any = None) -> Any:
@@ -254,6 +260,17 @@ def body_mask(win: np.ndarray, threshold: float) -> np.ndarray:
     return fill_holes_inplane(fg)
 
 
+def _midpoint_threshold(values: np.ndarray) -> float:
+    """Body threshold of windowed values: midway between the background and Otsu's split.
+
+    Otsu on data with a large empty background can sit high inside tissue; the midpoint
+    between the background level (5th percentile) and Otsu's threshold does not.
+    """
+    thr = otsu_threshold(values)
+    bg = percentile(values, 5)
+    return max(bg + 0.5 * (thr - bg), bg + 0.02)
+
+
 def prepare(scan: Scan) -> CheckData:
     """Build the shared :class:`CheckData` of ``scan`` (downsample, window, mask)."""
     raw, idx, step = downsample(scan)
@@ -280,12 +297,20 @@ def prepare(scan: Scan) -> CheckData:
         thr = (CT_BODY_HU - window[0]) / (window[1] - window[0])
     else:
         wsample = win.ravel()[:: max(1, win.size // SAMPLE)]
-        thr = otsu_threshold(wsample)
-        # Otsu on data with large empty background can sit high inside tissue: use the
-        # midpoint between the background level and Otsu's threshold.
-        bg = percentile(wsample, 5)
-        thr = max(bg + 0.5 * (thr - bg), bg + 0.02)
+        thr = _midpoint_threshold(wsample)
     mask = body_mask(win, thr) if win.size else np.zeros_like(win, bool)
+    if not hu and mask.size and np.count_nonzero(mask) < SMALL_MASK_FRACTION * mask.size:
+        # A small bright cluster (a side marker, a label, metal) can take Otsu's split from
+        # the anatomy, which then reads as background: split again below it.
+        below = wsample[wsample <= thr]
+        if below.size >= 64:
+            thr2 = _midpoint_threshold(below)
+            low, high = below[below <= thr2], below[below > thr2]
+            if (low.size and high.size and thr2 < thr
+                    and float(high.mean()) - float(low.mean()) >= MIN_SPLIT_CONTRAST):
+                mask2 = body_mask(win, thr2)
+                if np.count_nonzero(mask2) >= SMALL_MASK_FRACTION * mask.size:
+                    mask, thr = mask2, thr2
     return CheckData(
         raw=raw,
         win=win,

@@ -27,7 +27,9 @@ MAX_SLICE_MM = 50.0
 REGION_KEYWORDS: tuple[tuple[str, frozenset[str]], ...] = tuple(
     (pat, frozenset(regs))
     for pat, regs in (
-        (r"whole ?body|wholebody|\bwb\b|total ?body|pet ?ct|bone ?scan", {"whole body"}),
+        # BodyPartExamined is at most 16 characters: "TOTAL B"; "TOTBODY" in protocols
+        (r"whole ?body|wholebody|\bwb\b|tot(al)?\.? ?body|\btotal b\b|pet ?ct|bone ?scan",
+         {"whole body"}),
         (r"\bcap\b|chest.?abd\w*.?pelv|thorax.?abd\w*.?pelv|\btap\b",
          {"chest", "abdomen", "pelvis"}),
         (r"abd\w*.?pelv|\bap\b(?=.*pelv)", {"abdomen", "pelvis"}),
