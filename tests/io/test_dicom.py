@@ -287,6 +287,38 @@ def test_rgb_ultrasound(tmp_path: Path, rng: np.random.Generator) -> None:
     assert np.array_equal(s.data, px)
 
 
+def _us_region(fmt: int, units: int, delta_cm: tuple[float, float], box: tuple[int, ...]):
+    r = Dataset()
+    r.RegionSpatialFormat, r.RegionDataType = fmt, 1
+    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = units
+    r.PhysicalDeltaX, r.PhysicalDeltaY = delta_cm
+    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, \
+        r.RegionLocationMaxY1 = box
+    return r
+
+
+def test_ultrasound_pixel_size_from_its_calibrated_region(tmp_path: Path,
+                                                          rng: np.random.Generator) -> None:
+    """Ultrasound has no PixelSpacing; the B-mode region's PhysicalDelta (cm) gives it (a
+    'missing_spacing' warning on every ultrasound image before)."""
+    from pydicom.sequence import Sequence
+
+    px = rng.integers(0, 255, (60, 80), dtype=np.uint8)
+    us = make_dataset(px, modality="US", sop_class="1.2.840.10008.5.1.4.1.1.6.1", spacing=None)
+    us.SequenceOfUltrasoundRegions = Sequence([
+        _us_region(0, 0, (1.0, 1.0), (0, 0, 79, 59)),  # the whole frame, no calibration
+        _us_region(1, 3, (0.004, 0.005), (10, 5, 70, 55)),  # B-mode sector in cm
+        _us_region(1, 3, (0.02, 0.02), (0, 56, 10, 59)),  # a small strip
+    ])
+    s = load_one(tmp_path, us)
+    assert s.spacing == pytest.approx((0.05, 0.04))  # (row, column) mm
+    assert "missing_spacing" not in {w.code for w in s.warnings}
+    # uncalibrated regions only: the pixel size stays unknown
+    us.SequenceOfUltrasoundRegions = Sequence([_us_region(1, 0, (1.0, 1.0), (0, 0, 79, 59))])
+    s = load_one(tmp_path, us, "b.dcm")
+    assert "missing_spacing" in {w.code for w in s.warnings}
+
+
 def test_multiframe_is_one_volume(tmp_path: Path) -> None:
     px = np.stack([np.full((4, 3), k, np.int16) for k in range(5)])
     ds = make_dataset(px, frames=5, ipp=[0, 0, 0], iop=AXIAL)

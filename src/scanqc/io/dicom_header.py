@@ -100,6 +100,7 @@ _HEADER_KEYWORDS = (
     "GridFrameOffsetVector",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
+    "SequenceOfUltrasoundRegions",
 )
 
 
@@ -375,7 +376,11 @@ class DicomHeader:
         return "" if d in (None, "[redacted]") else str(d).strip()
 
     def pixel_spacing(self) -> tuple[float, float] | None:
-        """(row, column) spacing in mm from PixelSpacing, ImagerPixelSpacing or groups."""
+        """(row, column) spacing in mm.
+
+        From PixelSpacing, the pixel measures functional group, ImagerPixelSpacing or, for
+        ultrasound, its calibrated regions (:func:`ultrasound_spacing`).
+        """
         for v in (
             self.get("PixelSpacing"),
             _functional(self.ds, "PixelMeasuresSequence", "PixelSpacing"),
@@ -384,7 +389,36 @@ class DicomHeader:
             vec = _vector(v, 2)
             if vec is not None:
                 return float(vec[0]), float(vec[1])
+        return ultrasound_spacing(self.get("SequenceOfUltrasoundRegions"))
+
+
+def ultrasound_spacing(regions: Any) -> tuple[float, float] | None:
+    """(row, column) mm of the largest 2D region calibrated in cm (PS3.3 C.8.5.5).
+
+    Ultrasound images carry no PixelSpacing: each region of the image (the B-mode sector,
+    a Doppler strip ...) has its own ``PhysicalDeltaX/Y``. Only regions of spatial format
+    2D (``RegionSpatialFormat`` 1) in cm (``PhysicalUnitsX/YDirection`` 3) give a pixel
+    size; None when there is none.
+    """
+    best: tuple[float, tuple[float, float]] | None = None
+    try:
+        for r in regions or ():
+            if (_as_int(r.get("RegionSpatialFormat"), None) != 1
+                    or _as_int(r.get("PhysicalUnitsXDirection"), None) != 3
+                    or _as_int(r.get("PhysicalUnitsYDirection"), None) != 3):
+                continue
+            dx, dy = float(r.get("PhysicalDeltaX")), float(r.get("PhysicalDeltaY"))
+            if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
+                continue
+            area = abs((_as_int(r.get("RegionLocationMaxX1"), 0) or 0)
+                       - (_as_int(r.get("RegionLocationMinX0"), 0) or 0)) * abs(
+                (_as_int(r.get("RegionLocationMaxY1"), 0) or 0)
+                - (_as_int(r.get("RegionLocationMinY0"), 0) or 0))
+            if best is None or area > best[0]:
+                best = (area, (10.0 * abs(dy), 10.0 * abs(dx)))  # cm -> mm
+    except (TypeError, ValueError, AttributeError):
         return None
+    return best[1] if best else None
 
 
 def _as_int(v: Any, default: int | None) -> int | None:
