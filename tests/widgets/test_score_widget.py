@@ -185,6 +185,22 @@ def test_score_dataset_then_rethreshold(qtbot, make_napari_viewer, scans, tmp_pa
     assert any("probably the wrong series for this set" in tip for tip in tips)  # advice
     assert "no_spacing" in " ".join(items)  # the reader's note is still there
 
+    # the details of a scan whose image is not shown yet wait for it (the Dataset dock's
+    # scan_shown), so the two reads do not slow each other down ...
+    vol = w.state.entry(ids["good2.nii.gz"])
+    w.state.set_current(vol.scan_id)
+    assert w._details_pending == vol.scan_id and w.details is None
+    w.state.scan_shown.emit(vol.scan_id)
+    assert w._details_pending is None and not w._details_timer.isActive()
+    qtbot.waitUntil(lambda: w.details is not None and w.details.scan_id == vol.scan_id,
+                    timeout=20_000)
+    # ... or start after DETAILS_WAIT_MS when no dock shows it
+    noise = w.state.entry(ids["noise.nii.gz"])
+    w.state.set_current(noise.scan_id)
+    assert w.details is None and w._details_timer.isActive()
+    qtbot.waitUntil(lambda: w.details is not None and w.details.scan_id == noise.scan_id,
+                    timeout=20_000)
+
 
 def test_cancel_stops_a_run(qtbot, make_napari_viewer, scans, tmp_path) -> None:
     _viewer, w, ids = open_dock(make_napari_viewer, scans, tmp_path)

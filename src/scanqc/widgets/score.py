@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 REFERENCE_SOURCES: tuple[str, ...] = ("marked in the Dataset dock", "open image layers")
 #: Milliseconds between two pushes of arrived rows into the table.
 FLUSH_MS = 150
+#: Longest wait (ms) for the current scan's image before its details start anyway.
+DETAILS_WAIT_MS = 400
 #: Worker processes of a dataset run (reading, checks, preprocessing).
 DEFAULT_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
 #: Threshold slider resolution (steps over 0..1).
@@ -399,6 +401,12 @@ class ScoreWidget(QWidget):
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush_rows)
+        # the current scan's details start once its image is shown (or after a while)
+        self._details_pending: str | None = None
+        self._details_timer = QTimer(self)
+        self._details_timer.setSingleShot(True)
+        self._details_timer.setInterval(DETAILS_WAIT_MS)
+        self._details_timer.timeout.connect(self._start_details)
         self._build_ui()
         self._connect()
         self._update_reference_label()
@@ -746,6 +754,8 @@ class ScoreWidget(QWidget):
         if self._details_handle is not None:
             self._details_handle.cancel()
             self._details_handle = None
+        self._details_timer.stop()
+        self._details_pending = None
         clear_warning_overlay(self.viewer)
         self._update_current_view()
         row = self.rows.get(scan_id or "")
@@ -753,9 +763,28 @@ class ScoreWidget(QWidget):
         busy = self._handle is not None and self._handle.running
         if row is None or entry is None or row.get("status") != "ok" or busy:
             return
-        refs, ref_entries = self.references()
+        refs, _ref_entries = self.references()
         if len(refs) < 2 and not row.get("warnings"):
             return  # nothing more to show
+        # The details read the scan again and run the checks: started together with the
+        # Dataset dock's read of the image, they delayed the image by ~140 ms (two worker
+        # threads sharing the GIL). They start when the image is shown (scan_shown), at
+        # once when it is already, or after DETAILS_WAIT_MS when no dock shows it.
+        self._details_pending = scan_id
+        if self._image_layer(scan_id) is not None:
+            self._start_details()
+        else:
+            self._details_timer.start()
+
+    def _start_details(self) -> None:
+        scan_id, self._details_pending = self._details_pending, None
+        self._details_timer.stop()
+        if scan_id is None or scan_id != self.state.current or self._details_handle is not None:
+            return
+        entry = self.state.entry(scan_id)
+        if entry is None:
+            return
+        refs, ref_entries = self.references()
         pool = list({e.scan_id: e for e in [entry, *ref_entries]}.values())
         self._details_handle = start_worker(
             scan_details, entry, refs if len(refs) >= 2 else None, pool, self.config(),
@@ -787,6 +816,8 @@ class ScoreWidget(QWidget):
         return scan_layer(self.viewer, scan_id)
 
     def _on_scan_shown(self, scan_id: Any) -> None:
+        if scan_id is not None and scan_id == self._details_pending:
+            self._start_details()
         if self.details is not None and scan_id == self.details.scan_id:
             self._draw_overlay()  # above the newly shown image
             self._update_current_view()
@@ -853,6 +884,7 @@ class ScoreWidget(QWidget):
         """Stop running work and disconnect from the shared state."""
         self.cancel()
         self._flush_timer.stop()
+        self._details_timer.stop()
         self._drop_context()
         for sig, slot in ((self.state.current_changed, self._on_current_changed),
                           (self.state.rows_changed, self._on_rows_changed),
