@@ -767,9 +767,9 @@ class ScoreWidget(QWidget):
         if len(refs) < 2 and not row.get("warnings"):
             return  # nothing more to show
         # The details read the scan again and run the checks: started together with the
-        # Dataset dock's read of the image, they delayed the image by ~140 ms (two worker
-        # threads sharing the GIL). They start when the image is shown (scan_shown), at
-        # once when it is already, or after DETAILS_WAIT_MS when no dock shows it.
+        # Dataset dock's read of the image, they delayed the image (two worker threads
+        # sharing the GIL). They start when the image is shown (scan_shown), at once when
+        # it is already, or after DETAILS_WAIT_MS when no dock shows it.
         self._details_pending = scan_id
         if self._image_layer(scan_id) is not None:
             self._start_details()
