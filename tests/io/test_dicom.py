@@ -313,6 +313,15 @@ def test_ultrasound_pixel_size_from_its_calibrated_region(tmp_path: Path,
     s = load_one(tmp_path, us)
     assert s.spacing == pytest.approx((0.05, 0.04))  # (row, column) mm
     assert "missing_spacing" not in {w.code for w in s.warnings}
+    # malformed values are left out, region by region; nothing usable: None
+    from scanqc.io.dicom_header import ultrasound_spacing
+
+    broken = _us_region(1, 3, (0.01, 0.01), (0, 0, 79, 59))
+    del broken.PhysicalDeltaY
+    good = _us_region(1, 3, (0.004, 0.005), (10, 5, 70, 55))
+    assert ultrasound_spacing([broken, good]) == pytest.approx((0.05, 0.04))
+    assert ultrasound_spacing(None) is None and ultrasound_spacing(3) is None
+    assert ultrasound_spacing([broken]) is None
     # uncalibrated regions only: the pixel size stays unknown
     us.SequenceOfUltrasoundRegions = Sequence([_us_region(1, 0, (1.0, 1.0), (0, 0, 79, 59))])
     s = load_one(tmp_path, us, "b.dcm")

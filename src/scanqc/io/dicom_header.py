@@ -402,7 +402,11 @@ def ultrasound_spacing(regions: Any) -> tuple[float, float] | None:
     """
     best: tuple[float, tuple[float, float]] | None = None
     try:
-        for r in regions or ():
+        items = list(regions or ())
+    except TypeError:  # not a sequence
+        return None
+    for r in items:
+        try:
             if (_as_int(r.get("RegionSpatialFormat"), None) != 1
                     or _as_int(r.get("PhysicalUnitsXDirection"), None) != 3
                     or _as_int(r.get("PhysicalUnitsYDirection"), None) != 3):
@@ -414,10 +418,10 @@ def ultrasound_spacing(regions: Any) -> tuple[float, float] | None:
                        - (_as_int(r.get("RegionLocationMinX0"), 0) or 0)) * abs(
                 (_as_int(r.get("RegionLocationMaxY1"), 0) or 0)
                 - (_as_int(r.get("RegionLocationMinY0"), 0) or 0))
-            if best is None or area > best[0]:
-                best = (area, (10.0 * abs(dy), 10.0 * abs(dx)))  # cm -> mm
-    except (TypeError, ValueError, AttributeError):
-        return None
+        except (TypeError, ValueError, AttributeError):  # a malformed region is left out
+            continue
+        if best is None or area > best[0]:
+            best = (area, (10.0 * abs(dy), 10.0 * abs(dx)))  # cm -> mm
     return best[1] if best else None
 
 
