@@ -779,7 +779,9 @@ class ScoreWidget(QWidget):
     def _start_details(self) -> None:
         scan_id, self._details_pending = self._details_pending, None
         self._details_timer.stop()
-        if scan_id is None or scan_id != self.state.current or self._details_handle is not None:
+        busy = self._handle is not None and self._handle.running  # a run began meanwhile
+        if (scan_id is None or scan_id != self.state.current or busy
+                or self._details_handle is not None):
             return
         entry = self.state.entry(scan_id)
         if entry is None:
