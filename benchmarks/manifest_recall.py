@@ -40,11 +40,9 @@ def _found(row: dict) -> bool:
 
 def _major(row: dict) -> str:
     """The warn and high warning codes of a row (what made it a finding)."""
-    from scanqc.scoring.checks import warnings_from_columns
+    from scanqc.scoring.checks import row_warnings
 
-    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
-                                  row.get("max_severity") or "warn")
-    return ";".join(dict.fromkeys(f"{w.code} ({w.severity})" for w in found
+    return ";".join(dict.fromkeys(f"{w.code} ({w.severity})" for w in row_warnings(row)
                                   if w.severity in ("warn", "high")))
 
 

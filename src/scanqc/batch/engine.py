@@ -358,14 +358,8 @@ class _Run:
                                     self._ref_profiles),
                  *region_unlike_references(cols.get("region"), cols.get("region_confidence"),
                                            self._ref_regions)]
-        had = {w.code for w in res["warnings"]}
-        found = [w for w in found if w.code not in had]  # e.g. short_coverage of the worker
-        if found:
-            from scanqc.batch.pipeline import warnings_columns
-
-            res["warnings"] = [*res["warnings"], *found]
-            cols["warnings"], cols["warnings_detail"], cols["max_severity"] = \
-                warnings_columns(res["warnings"])
+        had = {w.code for w in res["warnings"]}  # e.g. the worker's short_coverage
+        _add_warnings(res, cols, [w for w in found if w.code not in had])
 
     def _predict_region(self, res: dict[str, Any], base: np.ndarray) -> Any:
         """The region prediction of a prepared scan (None without a probe or on failure)."""
@@ -389,8 +383,6 @@ class _Run:
         A region warning is added to ``res["warnings"]`` so that it reaches the warnings
         columns and the scores.
         """
-        from scanqc.batch.pipeline import warnings_columns
-
         out: dict[int, dict[str, Any]] = {}
         if self.embedder.region_probe is None:
             return out
@@ -400,10 +392,7 @@ class _Run:
                 continue
             cols = pred.columns()
             cols.pop("region_coverage", None)
-            if pred.warnings:
-                res["warnings"] = [*res["warnings"], *pred.warnings]
-                cols["warnings"], cols["warnings_detail"], cols["max_severity"] = \
-                    warnings_columns(res["warnings"])
+            _add_warnings(res, cols, pred.warnings)
             out[id(res)] = cols
         return out
 
@@ -555,14 +544,24 @@ class _Run:
                 self.cache.commit()
 
 
+def _add_warnings(res: dict[str, Any], cols: dict[str, Any], found: Sequence[Any]) -> None:
+    """Add warnings found in the main process to a prepared scan and its row columns."""
+    if not found:
+        return
+    from scanqc.batch.pipeline import warnings_columns
+
+    res["warnings"] = [*res["warnings"], *found]
+    cols["warnings"], cols["warnings_detail"], cols["max_severity"] = \
+        warnings_columns(res["warnings"])
+
+
 def _rewrite_warnings(row: dict[str, Any], add: Sequence[Any], drop: str | None = None,
                       ) -> None:
     """Rewrite a finished row's warnings columns: codes ending in ``drop`` out, ``add`` in."""
     from scanqc.batch.pipeline import warnings_columns
-    from scanqc.scoring.checks import warnings_from_columns
+    from scanqc.scoring.checks import row_warnings
 
-    had = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
-                                row.get("max_severity") or "info")
+    had = row_warnings(row, default="info")
     kept = [w for w in had if not (drop and w.code.endswith(drop))]
     row["warnings"], row["warnings_detail"], row["max_severity"] = \
         warnings_columns([*kept, *add])

@@ -169,10 +169,9 @@ def _warnings_cell(row: dict[str, Any]) -> str:
     Info notes (a PNG without pixel size, the cut border of a radiograph) are listed by
     code only, their messages in the tooltip, so the findings that matter stand out.
     """
-    from scanqc.scoring.checks import warnings_from_columns
+    from scanqc.scoring.checks import row_warnings
 
-    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
-                                  row.get("max_severity") or "warn")
+    found = row_warnings(row)
     major = [w for w in found if w.severity != "info"]
     notes = [w for w in found if w.severity == "info"]
     codes = ";".join(dict.fromkeys(w.code for w in major))
@@ -209,13 +208,12 @@ class Findings:
     def add(self, row: dict[str, Any]) -> None:
         """Count the warnings of one report row."""
         from scanqc.io.scan import SEVERITIES
-        from scanqc.scoring.checks import warnings_from_columns
+        from scanqc.scoring.checks import row_warnings
 
         if row.get("status") != "ok" or not row.get("warnings"):
             return
         worst: dict[str, int] = {}
-        for w in warnings_from_columns(str(row.get("warnings") or ""),
-                                       str(row.get("warnings_detail") or ""), "warn"):
+        for w in row_warnings(row):
             rank = SEVERITIES.index(w.severity) if w.severity in SEVERITIES else 0
             worst[w.code] = max(worst.get(w.code, 0), rank)
         for code, rank in worst.items():
@@ -228,6 +226,10 @@ class Findings:
 
         return sorted(((c, s, n) for (c, s), n in self.counts.items()),
                       key=lambda t: (-SEVERITIES.index(t[1]), -t[2], t[0]))
+
+    def top(self, n: int) -> list[tuple[str, str, int]]:
+        """The first ``n`` rows of :meth:`table` with severity warn or high."""
+        return [f for f in self.table() if f[1] != "info"][:n]
 
 
 def findings_table(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:

@@ -254,10 +254,9 @@ def _flag_reasons(row: dict) -> str:
     Info notes (``no_spacing`` of a PNG, the ``fov_cut`` of a radiograph) are not reasons;
     a row without warn or high warnings is flagged by its distance alone.
     """
-    from scanqc.scoring.checks import warnings_from_columns
+    from scanqc.scoring.checks import row_warnings
 
-    found = warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
-                                  row.get("max_severity") or "warn")
+    found = row_warnings(row)
     codes = ";".join(dict.fromkeys(w.code for w in found if w.severity in ("warn", "high")))
     if codes:
         return codes
@@ -345,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['skipped']} skipped in {seconds:.1f} s -> {out_file}",
         file=sys.stderr,
     )
-    top = [f for f in found.table() if f[1] != "info"][:5]
+    top = found.top(5)
     if top:
         print("scanqc: most found: " + ", ".join(f"{c} ({sev}, {n})" for c, sev, n in top)
               + " (all: the Findings of the HTML report)", file=sys.stderr)

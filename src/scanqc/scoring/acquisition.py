@@ -198,6 +198,19 @@ def unlike_dataset(
     return _unlike(profile, typical, "dataset", "most scans", "info", coverage=False)
 
 
+def majority(values: Sequence[str], share: float = DATASET_MAJORITY,
+             min_known: int = MIN_DATASET) -> str | None:
+    """The value held by at least ``share`` of the known (non-empty) ``values``, or None.
+
+    None as well when fewer than ``min_known`` values are known.
+    """
+    known = [v for v in values if v]
+    if len(known) < min_known:
+        return None
+    top = max(set(known), key=known.count)
+    return top if known.count(top) >= share * len(known) else None
+
+
 def typical_profiles(profiles: Sequence[AcquisitionProfile | None]) -> list[AcquisitionProfile]:
     """The dataset's typical scans: those sharing what at least 90 % of it shares.
 
@@ -210,14 +223,6 @@ def typical_profiles(profiles: Sequence[AcquisitionProfile | None]) -> list[Acqu
     subset = [p for p in profiles if p is not None]
     if len(subset) < MIN_DATASET:
         return []
-
-    def majority(values: list[str]) -> str | None:
-        known = [v for v in values if v]
-        if len(known) < MIN_DATASET:
-            return None
-        top = max(set(known), key=known.count)
-        return top if known.count(top) >= DATASET_MAJORITY * len(known) else None
-
     mod = majority([p.modality for p in subset])
     if mod is not None:
         subset = [p for p in subset if p.modality == mod]

@@ -209,6 +209,17 @@ def warnings_to_columns(warnings: Sequence[ScanWarning]) -> tuple[str, str]:
 _DETAIL = re.compile(r"(?P<code>[\w.-]+) \((?P<severity>info|warn|high)\): (?P<message>.*)", re.S)
 
 
+def row_warnings(row: Any, default: str = "warn") -> list[ScanWarning]:
+    """The warnings of a report row (its ``warnings`` and ``warnings_detail`` columns).
+
+    :func:`warnings_from_columns`; a message without a severity gets the row's
+    ``max_severity``, else ``default``.
+    """
+    return warnings_from_columns(str(row.get("warnings") or ""),
+                                 str(row.get("warnings_detail") or ""),
+                                 row.get("max_severity") or default)
+
+
 def warnings_from_columns(codes: str, details: str, severity: str = "warn") -> list[ScanWarning]:
     """The warnings of a report row, read back from its two columns.
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scanqc.io.scan import Scan, ScanWarning
+from scanqc.scoring.acquisition import majority as majority_of
 from scanqc.scoring.header import header_regions, region_header_mismatch, regions_compatible
 
 if TYPE_CHECKING:
@@ -355,11 +356,8 @@ def typical_region(predictions: Sequence[tuple[str | None, float | None]],
     them are needed (the same rule as the acquisition comparison of runs without
     references, :func:`scanqc.scoring.acquisition.typical_profiles`).
     """
-    known = [str(r) for r, c in predictions if _sure(r, c, min_confidence)]
-    if len(known) < min_scans:
-        return None
-    top = max(set(known), key=known.count)
-    return top if known.count(top) >= majority * len(known) else None
+    return majority_of([str(r) for r, c in predictions if _sure(r, c, min_confidence)],
+                       majority, min_scans)
 
 
 def region_unlike_dataset(region: str | None, confidence: float | None, typical: str | None,

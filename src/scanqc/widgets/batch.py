@@ -116,7 +116,7 @@ def run_batch(
     finally:
         written = writer.close(finalize=finished)
         cache.close()
-    findings = [f for f in found.table() if f[1] != "info"][:3]
+    findings = found.top(3)
     html_path = None
     if html:
         from scanqc.batch.report_html import write_html_report

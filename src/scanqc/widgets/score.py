@@ -185,10 +185,9 @@ def reflag(rows: dict[str, dict[str, Any]], threshold: float) -> list[dict[str, 
 
 def parse_warnings(row: dict[str, Any]) -> list[ScanWarning]:
     """Warnings of a report row: codes, messages and severities (no locations)."""
-    from scanqc.scoring.checks import warnings_from_columns  # scipy: not at napari start-up
+    from scanqc.scoring.checks import row_warnings  # scipy: not at napari start-up
 
-    return warnings_from_columns(row.get("warnings") or "", row.get("warnings_detail") or "",
-                                 row.get("max_severity") or "warn")
+    return row_warnings(row)
 
 
 def merged_warnings(located: list[ScanWarning], row: dict[str, Any] | None,
